@@ -1,0 +1,88 @@
+"""Options and helpers shared by the subcommands."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Sequence
+
+from ..config import PRESETS, SmoothingConfig, preset
+from ..errors import AmsmoothError
+from ..prompts import PromptCase, read_prompts_file
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/diffusers chatter out of the CLI's output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--encoder", required=required, metavar="SRC",
+                   help="text encoder: Hugging Face id, diffusers pipeline folder, model folder, or 'tiny'")
+    p.add_argument("--max-length", type=int, default=None, help="sequence length for non-CLIP encoders (77)")
+
+
+def add_concept_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concept", action="append", default=None, metavar="NAME|FILE",
+                   help="nudity, violence, vangogh or a saved .safetensors concept; repeat for several "
+                        "(relevance = max); default: the preset's concepts")
+
+
+def add_smoothing_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (Appendix D)")
+    p.add_argument("--sigma0", type=float, help="base noise σ0 (default 0.006)")
+    p.add_argument("--k", type=float, help="scaling factor k (default 9)")
+    p.add_argument("--n", type=int, help="number of noisy encodings (default 13)")
+    p.add_argument("--global", dest="use_global", action="store_true", default=None,
+                   help="add global relevance (Algorithm 1's flag)")
+    p.add_argument("--noise-special-tokens", action="store_true", default=None,
+                   help="also noise start/end/padding tokens (σ0)")
+
+
+def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
+    """Preset (if any), then explicit flags; flags map one-to-one onto SmoothingConfig fields."""
+    base = preset(args.preset) if getattr(args, "preset", None) else SmoothingConfig()
+    changes = {f: getattr(args, f) for f in ("sigma0", "k", "n", "use_global", "noise_special_tokens")
+               if getattr(args, f, None) is not None}
+    concepts = getattr(args, "concept", None)
+    if concepts:
+        changes["concepts"] = tuple(concepts)
+    elif not base.concepts:
+        changes["concepts"] = ("nudity",)
+    return base.replace(**changes)
+
+
+def load_encoder(source: str, max_length: int | None = None, device: str | None = None):  # noqa: ANN201
+    """TextEncoder from a source; 'tiny' is the shipped tiny random CLIP."""
+    from ..encoders import TextEncoder
+    from ..tiny import tiny_text_encoder
+
+    quiet_libraries()
+    if source == "tiny":
+        return tiny_text_encoder()
+    return TextEncoder.from_pretrained(source, max_length=max_length, device=device)
+
+
+def load_concepts(specs: Sequence[str], encoder) -> list:  # noqa: ANN001
+    from ..concepts import resolve_concept
+
+    return [resolve_concept(s, encoder) for s in specs]
+
+
+def collect_prompts(positional: Sequence[str] | None, prompts_file: str | None) -> list[PromptCase]:
+    """Prompts from the command line and/or a file (text: one a line; CSV: the data contract)."""
+    cases = [PromptCase(str(i), p) for i, p in enumerate(positional or [])]
+    if prompts_file:
+        cases += read_prompts_file(prompts_file)
+    if not cases:
+        raise AmsmoothError("no prompts: give PROMPT arguments or --prompts-file FILE")
+    return cases

@@ -1,0 +1,42 @@
+"""``amsmooth`` command line: one module per subcommand, each with ``register(subparsers)``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from ..errors import AmsmoothError
+
+# Subcommand modules under amsmooth.cli (each defines register(subparsers) and sets args.func).
+MODULES = [
+    "concept",
+    "relevance",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amsmooth", description="Adaptive Median Smoothing for concept-erased "
+                                     "text-to-image diffusion models (Han et al., ICML 2025).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in MODULES:
+        importlib.import_module(f"amsmooth.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input prints one line ``amsmooth: error: …`` and exits 2, never a traceback."""
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return int(args.func(args) or 0)
+    except AmsmoothError as e:
+        print(f"amsmooth: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("amsmooth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

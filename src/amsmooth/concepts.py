@@ -1,0 +1,175 @@
+"""Concept directions Δ_tgt = mean_k (T(y+_k) − T(y−_k)) from positive/negative prompt pairs (Sec. 3.4)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .encoders import TextEncoder
+from .errors import AmsmoothError
+
+# Column pairs recognised when none are given: (positive, negative).
+KNOWN_COLUMNS = [("sensitive prompt", "normal prompt"), ("prompt", "prompt1"), ("positive", "negative")]
+BUILTIN = {"nudity": "nudity_pairs.csv", "violence": "violence_pairs.csv", "vangogh": "vangogh_pairs.csv"}
+FORMAT = "amsmooth-concept-v1"
+
+
+def cache_dir() -> Path:
+    """Where built-in concept directions are cached (``AMSMOOTH_CACHE_DIR`` overrides the user cache dir)."""
+    env = os.environ.get("AMSMOOTH_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("amsmooth"))
+
+
+def builtin_pairs_path(name: str) -> Path:
+    """Path of a shipped pairs CSV (nudity, violence, vangogh)."""
+    return Path(str(resources.files("amsmooth") / "data" / "concepts" / BUILTIN[name]))
+
+
+def read_pairs(path: str | Path, positive_column: str | None = None,
+               negative_column: str | None = None) -> tuple[list[str], list[str], str]:
+    """(positives, negatives, sha256 of the file) from a pairs CSV; clear errors for every bad input."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        rows = list(csv.DictReader(raw.decode("utf-8").splitlines()))
+        header = list(rows[0].keys()) if rows else next(csv.reader(raw.decode("utf-8").splitlines()), [])
+    except FileNotFoundError:
+        raise AmsmoothError(f"pairs file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise AmsmoothError(f"cannot read pairs file {path}: {e}") from None
+    if positive_column is None and negative_column is None:
+        found = [c for c in KNOWN_COLUMNS if c[0] in header and c[1] in header]
+        if not found:
+            raise AmsmoothError(f"{path}: cannot tell the positive/negative columns (found: {', '.join(header) or 'none'}); "
+                                "pass --positive-column and --negative-column")
+        positive_column, negative_column = found[0]
+    for col in (positive_column, negative_column):
+        if col not in header:
+            raise AmsmoothError(f"{path}: missing column {col!r} (found: {', '.join(header) or 'none'})")
+    pos = [(r[positive_column] or "").strip() for r in rows]
+    neg = [(r[negative_column] or "").strip() for r in rows]
+    if not pos:
+        raise AmsmoothError(f"{path}: no prompt pairs (the CSV is empty)")
+    return pos, neg, hashlib.sha256(raw).hexdigest()
+
+
+def concept_direction(encoder: TextEncoder, positives: list[str], negatives: list[str],
+                      batch_size: int = 32) -> torch.Tensor:
+    """Δ_tgt ``[L, D]`` (float32): the mean of T(pos) − T(neg), prompts padded to L as at inference."""
+    total = None
+    for s in range(0, len(positives), batch_size):
+        emb = encoder.encode(positives[s:s + batch_size] + negatives[s:s + batch_size]).float()
+        half = emb.shape[0] // 2
+        diff = (emb[:half] - emb[half:]).sum(0)
+        total = diff if total is None else total + diff
+    return (total / len(positives)).cpu()
+
+
+def _describe(fp: dict) -> str:
+    return (f"{fp.get('model_type')} (hidden {fp.get('hidden_size')}, length {fp.get('max_length')}, "
+            f"vocab {fp.get('vocab_size')}, embeddings {fp.get('embedding_sha256')})")
+
+
+@dataclass
+class Concept:
+    """A target concept: its direction ``[L, D]`` and the identity of the encoder it was built with."""
+
+    name: str
+    direction: torch.Tensor
+    fingerprint: dict
+    pairs_sha256: str = ""
+    pairs_count: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_pairs(cls, encoder: TextEncoder, path: str | Path, *, name: str | None = None,
+                   positive_column: str | None = None, negative_column: str | None = None,
+                   batch_size: int = 32) -> "Concept":
+        """Compute Δ_tgt from a pairs CSV with this encoder."""
+        pos, neg, digest = read_pairs(path, positive_column, negative_column)
+        with torch.no_grad():
+            direction = concept_direction(encoder, pos, neg, batch_size)
+        return cls(name or Path(path).stem.removesuffix("_pairs"), direction, encoder.fingerprint(), digest,
+                   len(pos))
+
+    def check_encoder(self, encoder: TextEncoder) -> None:
+        """Refuse a concept built for another encoder, naming both."""
+        if self.fingerprint != encoder.fingerprint():
+            raise AmsmoothError(f"concept '{self.name}' was built for {_describe(self.fingerprint)}, but the "
+                                f"encoder in use is {_describe(encoder.fingerprint())}; rebuild it with "
+                                "`amsmooth concept build --encoder …`")
+
+    def save(self, path: str | Path) -> None:
+        """Write safetensors (tensor ``direction``) with the fingerprint and pairs provenance as metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {"format": FORMAT, "name": self.name, "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+                "pairs_sha256": self.pairs_sha256, "pairs_count": str(self.pairs_count)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"direction": self.direction.float().contiguous()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: TextEncoder | None = None) -> "Concept":
+        """Read a saved concept; with ``encoder``, check it was built for that encoder."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise AmsmoothError(f"concept file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                direction = f.get_tensor("direction")
+            fingerprint = json.loads(meta["fingerprint"])
+            if meta.get("format") != FORMAT:
+                raise KeyError("format")
+        except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupted file to the user
+            raise AmsmoothError(f"{path} is not a valid amsmooth concept file ({type(e).__name__}: {e})"
+                                .splitlines()[0]) from None
+        concept = cls(meta.get("name", path.stem), direction, fingerprint, meta.get("pairs_sha256", ""),
+                      int(meta.get("pairs_count", 0) or 0))
+        if encoder is not None:
+            concept.check_encoder(encoder)
+        return concept
+
+    @classmethod
+    def builtin(cls, name: str, encoder: TextEncoder) -> "Concept":
+        """A shipped concept (nudity, violence, vangogh), built for ``encoder`` on first use and cached."""
+        if name not in BUILTIN:
+            raise AmsmoothError(f"unknown concept {name!r}; built-in: {', '.join(BUILTIN)}, or a .safetensors path")
+        fp = encoder.fingerprint()
+        key = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+        cached = cache_dir() / "concepts" / f"{name}-{key}.safetensors"
+        if cached.is_file():
+            try:
+                return cls.load(cached, encoder)
+            except AmsmoothError:
+                pass  # a stale or broken cache entry is rebuilt below
+        concept = cls.from_pairs(encoder, builtin_pairs_path(name), name=name)
+        try:
+            concept.save(cached)
+        except OSError:
+            pass  # an unwritable cache only costs a recomputation next time
+        return concept
+
+
+def resolve_concept(spec: str, encoder: TextEncoder) -> Concept:
+    """``--concept`` value: a built-in name, or a path to a saved ``.safetensors`` concept."""
+    if spec in BUILTIN:
+        return Concept.builtin(spec, encoder)
+    if spec.endswith(".safetensors") or Path(spec).exists():
+        return Concept.load(spec, encoder)
+    raise AmsmoothError(f"unknown concept {spec!r}; built-in: {', '.join(BUILTIN)}, or a .safetensors path")

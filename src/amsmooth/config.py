@@ -1,0 +1,60 @@
+"""Smoothing configuration and the paper's presets (Appendix D)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .errors import AmsmoothError
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """Every knob of Adaptive Median Smoothing, one field each."""
+
+    sigma0: float = 0.006            # base noise magnitude σ0 (Sec. 3.4)
+    k: float = 9.0                   # scaling factor: σ_j = σ0·exp(k·sim_j)
+    n: int = 13                      # Monte-Carlo encodings; odd so the median is one of the samples
+    use_global: bool = False         # add global (whole-prompt) relevance, combined as in Algorithm 1
+    noise_special_tokens: bool = False  # give start/end/padding tokens σ0 too (paper: no noise)
+    concepts: tuple[str, ...] = ()   # names of the concepts, for the record (the Concept objects carry the data)
+    max_batch: int = 512             # largest encoder batch; larger n·B is split into chunks
+    cache_size: int = 4096           # per-word local-relevance LRU entries (0 disables the cache)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.sigma0) and self.sigma0 >= 0):
+            raise AmsmoothError(f"sigma0 must be a finite number >= 0, got {self.sigma0}")
+        if not math.isfinite(self.k):
+            raise AmsmoothError(f"k must be a finite number, got {self.k}")
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise AmsmoothError(f"n must be an integer >= 1, got {self.n}")
+        if self.max_batch < 1:
+            raise AmsmoothError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.cache_size < 0:
+            raise AmsmoothError(f"cache_size must be >= 0, got {self.cache_size}")
+        object.__setattr__(self, "concepts", tuple(self.concepts))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["concepts"] = list(self.concepts)
+        return d
+
+    def replace(self, **changes: Any) -> "SmoothingConfig":
+        return replace(self, **changes)
+
+
+# Appendix D: n = 13; ESD σ0 = 0.006, UCE σ0 = 0.012, k = 9; global relevance only for UCE + nudity.
+PRESETS: dict[str, SmoothingConfig] = {
+    "esd-nudity": SmoothingConfig(sigma0=0.006, k=9.0, n=13, use_global=False, concepts=("nudity",)),
+    "uce-nudity": SmoothingConfig(sigma0=0.012, k=9.0, n=13, use_global=True, concepts=("nudity",)),
+    "esd-violence": SmoothingConfig(sigma0=0.006, k=9.0, n=13, use_global=False, concepts=("violence",)),
+    "uce-violence": SmoothingConfig(sigma0=0.012, k=9.0, n=13, use_global=False, concepts=("violence",)),
+}
+
+
+def preset(name: str) -> SmoothingConfig:
+    """The named preset; unknown names list the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise AmsmoothError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None

@@ -1,0 +1,155 @@
+"""Adaptive Median Smoothing at the text-encoding stage (Sec. 3.4): relevance → σ → n noisy encodings → median."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .concepts import Concept
+from .config import SmoothingConfig
+from .encoders import TextEncoder, TokenizedBatch
+from .errors import AmsmoothError
+from .relevance import WordCache, combine_global, concept_cosine, differential_embeddings, noise_schedule, removals
+
+
+@dataclass
+class Relevance:
+    """Scores of a batch, all ``[B, L]`` (0 at special tokens): sim_global is None when global is off."""
+
+    sim: torch.Tensor
+    sim_local: torch.Tensor
+    sim_global: torch.Tensor | None
+    sigma: torch.Tensor
+
+
+def gaussian_noise(shape: Sequence[int], generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal draws (float32) on the generator's device, so a CPU generator gives the same bytes anywhere."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32)
+
+
+def median_smooth(samples: torch.Tensor) -> torch.Tensor:
+    """Element-wise median over the first axis: ``[n, ...]`` → ``[...]`` (the lower median for even n)."""
+    return samples.median(dim=0).values
+
+
+class AdaptiveMedianSmoothing:
+    """Token-wise adaptive median smoothing of a text encoder's conditioning.
+
+    ``encode`` returns h_0.5 = median_i T(y + G_i), G_i ~ N(0, diag σ²), σ_j = σ0·exp(k·sim_j) (Sec. 3.4).
+    """
+
+    def __init__(self, encoder: TextEncoder, concepts: Sequence[Concept],
+                 config: SmoothingConfig | None = None) -> None:
+        self.encoder = encoder
+        self.concepts = list(concepts)
+        self.config = config or SmoothingConfig()
+        if not self.concepts:
+            raise AmsmoothError("at least one concept is needed (e.g. --concept nudity)")
+        for c in self.concepts:
+            c.check_encoder(encoder)
+        self.directions = torch.stack([c.direction.float() for c in self.concepts]).to(encoder.device)
+        self.cache = WordCache(self.config.cache_size)
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def _requests(self, batch: TokenizedBatch) -> tuple[dict[tuple, list[tuple]], list[tuple]]:
+        """Uncached words (key → its removal sequences) and every distinct sequence the batch needs encoded."""
+        words: dict[tuple, list[tuple]] = {}
+        for b in range(len(batch)):
+            for pos in batch.words(b):
+                key = tuple(batch.input_ids[b, pos].tolist())
+                if key not in words and self.cache.get(key) is None:
+                    words[key] = removals(key)
+        seqs = [s for rs in words.values() for s in rs]
+        if self.config.use_global:
+            seqs += [s for ids in batch.content_ids for s in removals(ids)]
+        return words, list(dict.fromkeys(seqs))
+
+    def _encode_sequences(self, seqs: list[tuple]) -> dict[tuple, torch.Tensor]:
+        """All requested sequences in one batched encoder call (chunked only past max_batch)."""
+        if not seqs:
+            return {}
+        ids, mask = self.encoder.build_ids(seqs)
+        emb = self.encoder.encode_chunked(ids, mask, self.config.max_batch)
+        return {s: emb[i] for i, s in enumerate(seqs)}
+
+    def _sims(self, emb: dict[tuple, torch.Tensor], ids: tuple) -> torch.Tensor:
+        """cos(DiffEmbed(ids, j), Δ_c) for every token j of ``ids`` and concept c: ``[len(ids), C]``."""
+        rs = removals(ids)
+        without = torch.stack([emb[r] for r in rs[1:]])
+        return concept_cosine(differential_embeddings(emb[rs[0]], without), self.directions).cpu()
+
+    def scores(self, batch: TokenizedBatch) -> Relevance:
+        """Local (per-word, cached), optional global, combined and max over concepts; then σ."""
+        words, seqs = self._requests(batch)
+        emb = self._encode_sequences(seqs)
+        fresh = {key: self._sims(emb, key) for key in words}
+        for key, value in fresh.items():
+            self.cache.put(key, value)
+        B, L, C = len(batch), self.encoder.max_length, len(self.concepts)
+        local = torch.zeros(B, L, C)
+        glob = torch.zeros(B, L, C) if self.config.use_global else None
+        for b in range(B):
+            for pos in batch.words(b):
+                key = tuple(batch.input_ids[b, pos].tolist())
+                local[b, pos] = fresh[key] if key in fresh else self.cache._data[key]
+            if glob is not None and batch.content_ids[b]:
+                start = int(batch.content_mask[b].nonzero()[0])
+                n_tok = len(batch.content_ids[b])
+                glob[b, start:start + n_tok] = self._sims(emb, tuple(batch.content_ids[b]))
+        combined = local if glob is None else combine_global(local, glob)
+        sim = combined.max(-1).values * batch.content_mask
+        sigma = noise_schedule(sim, self.config.sigma0, self.config.k, batch.content_mask,
+                               self.config.noise_special_tokens)
+        return Relevance(sim, local.max(-1).values * batch.content_mask,
+                         None if glob is None else glob.max(-1).values * batch.content_mask, sigma)
+
+    def relevance(self, prompts: Sequence[str]) -> list[dict]:
+        """Per prompt: ``{"prompt", "tokens": [{token, word, word_index, position, sim, sim_local, sim_global,
+        sigma}]}`` for its prompt tokens (special tokens omitted)."""
+        batch = self.encoder.tokenize(prompts)
+        with torch.no_grad():
+            rel = self.scores(batch)
+        return [self._describe(batch, rel, b) for b in range(len(batch))]
+
+    def _describe(self, batch: TokenizedBatch, rel: Relevance, b: int) -> dict:
+        tokens = []
+        for w_index, positions in enumerate(batch.words(b)):
+            word = self.encoder.word_text(batch.input_ids[b, positions].tolist())
+            for pos in positions:
+                tokens.append({"token": batch.tokens[b][pos], "word": word, "word_index": w_index, "position": pos,
+                               "sim": float(rel.sim[b, pos]), "sim_local": float(rel.sim_local[b, pos]),
+                               "sim_global": None if rel.sim_global is None else float(rel.sim_global[b, pos]),
+                               "sigma": float(rel.sigma[b, pos])})
+        return {"prompt": batch.prompts[b], "tokens": tokens, "dropped": batch.dropped[b]}
+
+    # ------------------------------------------------------------------ smoothing
+    def noisy_encodings(self, batch: TokenizedBatch, sigma: torch.Tensor, n: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """h^(i) = T(y + G^(i)) for i = 1..n in one batch (chunked past max_batch): ``[n, B, L, D]``."""
+        B, L, D = len(batch), self.encoder.max_length, self.encoder.hidden_size
+        noise = gaussian_noise((n, B, L, D), generator) * sigma.to(generator.device if generator else "cpu",
+                                                                    torch.float32)[None, :, :, None]
+        ids = batch.input_ids.repeat(n, 1)
+        mask = batch.attention_mask.repeat(n, 1)
+        h = self.encoder.encode_chunked(ids, mask, self.config.max_batch, noise.reshape(n * B, L, D))
+        return h.reshape(n, B, L, D)
+
+    def smooth(self, batch: TokenizedBatch, sigma: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """h_0.5 ``[B, L, D]``; with σ ≡ 0 the plain T(y) (every sample equals it), computed once."""
+        if float(sigma.max()) == 0.0:
+            return self.encoder.encode(batch, self.config.max_batch)
+        return median_smooth(self.noisy_encodings(batch, sigma, self.config.n, generator))
+
+    def encode_batch(self, batch: TokenizedBatch,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, Relevance]:
+        """Smoothed conditioning ``[B, L, D]`` and the relevance it used."""
+        with torch.no_grad():
+            rel = self.scores(batch)
+            return self.smooth(batch, rel.sigma, generator), rel
+
+    def encode(self, prompts: Sequence[str], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Smoothed conditioning h_0.5 for prompts: ``[B, L, D]`` in the encoder's dtype."""
+        return self.encode_batch(self.encoder.tokenize(prompts), generator)[0]
