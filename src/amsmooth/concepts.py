@@ -47,6 +47,8 @@ def read_pairs(path: str | Path, positive_column: str | None = None,
         raise AmsmoothError(f"pairs file not found: {path}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise AmsmoothError(f"cannot read pairs file {path}: {e}") from None
+    if (positive_column is None) != (negative_column is None):
+        raise AmsmoothError("give both --positive-column and --negative-column, or neither (auto-detect)")
     if positive_column is None and negative_column is None:
         found = [c for c in KNOWN_COLUMNS if c[0] in header and c[1] in header]
         if not found:

@@ -132,7 +132,7 @@ class TextEncoder:
         try:
             config = AutoConfig.from_pretrained(path, subfolder=sub_model or "", **kw)
             model = _model_class(config.model_type).from_pretrained(
-                path, subfolder=sub_model or "", torch_dtype=dtype, **kw)
+                path, subfolder=sub_model or "", **({"dtype": dtype} if dtype else {}), **kw)
             tokenizer = AutoTokenizer.from_pretrained(path, subfolder=sub_tok or "", use_fast=True, **kw)
         except AmsmoothError:
             raise

@@ -1,0 +1,73 @@
+"""CLI: concept build, relevance (table / jsonl), and one-line errors for bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from amsmooth.cli.main import main
+from amsmooth.concepts import builtin_pairs_path
+
+
+def test_relevance_table_and_jsonl(capsys, minilm_dir):
+    assert main(["relevance", "a nude woman on a beach", "--encoder", minilm_dir, "--concept", "nudity"]) == 0
+    out = capsys.readouterr().out
+    nude_row = next(line for line in out.splitlines() if " nude " in line and "prompt:" not in line)
+    assert nude_row.startswith("▲")            # the nudity word is highlighted
+    assert main(["relevance", "a nude woman", "", "--encoder", "tiny", "--concept", "nudity", "--format", "jsonl",
+                 "--preset", "uce-nudity"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["a nude woman", ""] and rows[1]["tokens"] == []
+    assert set(rows[0]["tokens"][0]) == {"token", "word", "word_index", "position", "sim", "sim_local",
+                                         "sim_global", "sigma"}
+    assert rows[0]["tokens"][0]["sim_global"] is not None
+
+
+def test_relevance_prompts_file_csv(tmp_path, capsys):
+    f = tmp_path / "p.csv"
+    f.write_text("case_number,prompt\n1,a cat\n2,a dog\n")
+    assert main(["relevance", "--prompts-file", str(f), "--encoder", "tiny", "--format", "jsonl"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_concept_build_and_use(tmp_path, capsys):
+    out = tmp_path / "c.safetensors"
+    assert main(["concept", "build", "--pairs", str(builtin_pairs_path("vangogh")), "--encoder", "tiny",
+                 "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["relevance", "starry night", "--encoder", "tiny", "--concept", str(out)]) == 0
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["relevance", "x", "--encoder", "tiny", "--sigma0", "-1"], "sigma0"),
+    (["relevance", "x", "--encoder", "tiny", "--n", "0"], "n must be"),
+    (["relevance", "x", "--encoder", "tiny", "--k", "nan"], "k must be"),
+    (["relevance", "--encoder", "tiny"], "no prompts"),
+    (["relevance", "x", "--encoder", "tiny", "--concept", "nope"], "unknown concept"),
+    (["relevance", "x", "--encoder", "/nonexistent/folder-xyz"], "local folder"),
+    (["relevance", "--prompts-file", "/nonexistent.csv", "--encoder", "tiny"], "not found"),
+])
+def test_errors_are_one_line(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amsmooth: error:") and match in err and "\n" not in err
+
+
+def test_concept_build_errors_write_nothing(tmp_path, capsys):
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("a,b\nx,y\n")
+    out = tmp_path / "c.safetensors"
+    assert main(["concept", "build", "--pairs", str(pairs), "--encoder", "tiny", "--out", str(out)]) == 2
+    assert "cannot tell the positive/negative columns" in capsys.readouterr().err and not out.exists()
+    assert main(["concept", "build", "--pairs", str(pairs), "--encoder", "tiny", "--out", str(out),
+                 "--positive-column", "a", "--negative-column", "zz"]) == 2
+    assert "missing column 'zz'" in capsys.readouterr().err and not out.exists()
+
+
+def test_concept_for_another_encoder_is_refused(tmp_path, capsys, minilm_dir):
+    out = tmp_path / "c.safetensors"
+    assert main(["concept", "build", "--pairs", str(builtin_pairs_path("nudity")), "--encoder", "tiny",
+                 "--out", str(out)]) == 0
+    assert main(["relevance", "x", "--encoder", minilm_dir, "--concept", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "built for clip_text_model" in err and "encoder in use is bert" in err
