@@ -23,6 +23,13 @@ def quiet_libraries() -> None:
         tlog.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -12,6 +12,8 @@ from ..errors import AmsmoothError
 MODULES = [
     "concept",
     "relevance",
+    "generate",
+    "bench",
 ]
 
 

@@ -1,0 +1,47 @@
+"""``amsmooth bench``: the overhead benchmark (Table 2) on the real SD-1.x architecture with random weights."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import AmsmoothError
+from .common import quiet_libraries
+from .generate import DTYPES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time the defense against undefended generation, SLD and U-Net smoothing")
+    p.add_argument("--quick", action="store_true", help="1 U-Net repeat; end to end at 256 px / 2 steps")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--size", type=int, default=512, help="component timing and projection size (px)")
+    p.add_argument("--steps", type=int, default=50, help="projection steps")
+    p.add_argument("--e2e-size", type=int, help="end-to-end size (px; quick: 256, else --size)")
+    p.add_argument("--e2e-steps", type=int, help="end-to-end steps (quick: 2, else --steps)")
+    p.add_argument("--unet-repeat", type=int, help="U-Net timing repeats (median)")
+    p.add_argument("--n", type=int, default=13)
+    p.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import format_report, run_benchmark
+
+    for name in ("size", "e2e_size"):
+        v = getattr(args, name)
+        if v is not None and (v < 8 or v % 8):
+            raise AmsmoothError(f"--{name.replace('_', '-')} must be a positive multiple of 8, got {v}")
+    if args.steps < 1 or (args.e2e_steps is not None and args.e2e_steps < 1):
+        raise AmsmoothError("steps must be >= 1")
+    quiet_libraries()
+    report = run_benchmark(args.quick, args.device, DTYPES[args.dtype], args.size, args.steps, args.e2e_size,
+                           args.e2e_steps, args.unet_repeat, args.n, log=lambda m: print(m, file=sys.stderr))
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(report), indent=2))
+    return 0

@@ -1,0 +1,33 @@
+"""The overhead benchmark's arithmetic and its CLI on a tiny size (timings themselves are not asserted)."""
+from __future__ import annotations
+
+from amsmooth.bench import Report, format_report, project
+
+
+def _components(**over: float) -> dict:
+    c = {"text_cond": 1.0, "text_uncond": 1.0, "relevance_local_cold": 2.0, "relevance_local_warm": 0.0,
+         "relevance_global_cold": 4.0, "relevance_global_warm": 2.0, "noisy_encodings": 3.0, "median": 0.5,
+         "unet_2": 10.0, "unet_3": 15.0, "unet_naive": 70.0, "vae": 5.0, "calls_relevance_local_cold": 1,
+         "calls_relevance_local_warm": 0, "calls_relevance_global_cold": 1, "calls_relevance_global_warm": 1,
+         "calls_noisy": 1}
+    c.update(over)
+    return c
+
+
+def test_projection_arithmetic():
+    p = project(_components(), steps=50, n=13)
+    assert p["w/o defense"] == 2.0 + 500 + 5
+    assert p["AMS (ours)"] == 1.0 + 3.0 + 0.5 + 2.0 + 505       # uncond + noisy + median + relevance + U-Net/VAE
+    assert p["AMS, warm word cache"] == 1.0 + 3.0 + 0.5 + 505
+    assert p["SLD"] == 2.0 + 1.0 + 50 * 15 + 5
+    assert p["U-Net-level median (n=13)"] == 2.0 + 3.0 + 50 * 70 + 5
+
+
+def test_report_prints_projected_line():
+    r = Report({"device": "cpu", "dtype": "float32", "size": 512, "steps": 50, "e2e_size": 64, "e2e_steps": 2,
+                "n": 13, "quick": True, "threads": 2}, _components(),
+               {"w/o defense": 10.0, "AMS (ours)": 10.5}, {"w/o defense": 100.0, "AMS (ours)": 105.0},
+               {}, _components())
+    text = format_report(r)
+    assert "projected 512 px / 50 steps: AMS +0.99 %" in text
+    assert "| AMS (ours) | 10.500 | 1.0500 | 0 | 1.050 |" in text
