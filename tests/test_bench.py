@@ -29,5 +29,5 @@ def test_report_prints_projected_line():
                {"w/o defense": 10.0, "AMS (ours)": 10.5}, {"w/o defense": 100.0, "AMS (ours)": 105.0},
                {}, _components())
     text = format_report(r)
-    assert "projected 512 px / 50 steps: AMS +0.99 %" in text
+    assert "projected 512 px / 50 steps: AMS +0.89 %" in text
     assert "| AMS (ours) | 10.500 | 1.0500 | 0 | 1.050 |" in text
