@@ -128,6 +128,27 @@ def test_unet_from_compvis_layout_round_trips_exactly(pipe, unet1, tmp_path, for
     assert_same_weights(pipe.unet, unet1)
 
 
+def _sd_layout_unet(seed: int, linear: bool):
+    """SD 1.x (conv proj_in) / 2.x (linear proj_in) block layout — 4 blocks, 2 layers each — with tiny widths."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(block_out_channels=(8, 16, 32, 32), layers_per_block=2, norm_num_groups=4,
+                                    cross_attention_dim=16, attention_head_dim=2, use_linear_projection=linear)
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["sd1-layout", "sd2-layout"])
+def test_compvis_conversion_with_sd_block_layout(tmp_path, linear):
+    target, source = _sd_layout_unet(0, linear), _sd_layout_unet(1, linear)
+    ldm = ldm_state_dict(source)
+    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in ldm  # SD's upsampler slots
+    assert "model.diffusion_model.output_blocks.5.2.conv.weight" in ldm
+    save_file(ldm, tmp_path / "sd.safetensors")
+    load_unet_weights(target, str(tmp_path / "sd.safetensors"))
+    assert_same_weights(target, source)
+
+
 def test_compvis_keys_with_no_place_are_an_error(pipe, unet1, tmp_path):
     ldm = ldm_state_dict(unet1)
     ldm["model.diffusion_model.extra_block.weight"] = torch.zeros(2)
@@ -292,8 +313,9 @@ def test_local_diffusers_folder_and_img2img(unet1, tmp_path):
     tiny_pipeline(seed=2).save_pretrained(tmp_path / "sd")
     torch.save(ldm_state_dict(unet1), tmp_path / "esd.ckpt")
     pipe = load_pipeline(str(tmp_path / "sd"), unet=str(tmp_path / "esd.ckpt"), img2img=True,
-                         local_files_only=True)
+                         dtype=torch.float16, local_files_only=True)
     assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float16
     assert pipe.safety_checker is None and pipe._progress_bar_config == {"disable": True}
     assert_same_weights(pipe.unet, unet1)
     assert_same_weights(pipe.vae, tiny_components(seed=2)["vae"])
@@ -315,6 +337,8 @@ def test_unknown_id_offline_gives_one_clear_line(monkeypatch):
 def test_model_that_is_neither_folder_nor_id(tmp_path):
     with pytest.raises(AmsmoothError, match="neither a local diffusers folder"):
         load_pipeline(str(tmp_path / "missing" / "sd"))
+    with pytest.raises(AmsmoothError, match="cannot load model from .*model_index.json"):
+        load_pipeline(str(tmp_path))
 
 
 def test_resolve_device():

@@ -22,7 +22,7 @@ LDM_UNET_PREFIX = "model.diffusion_model."
 _LDM_UNET_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 _WEIGHT_SUFFIXES = (".safetensors", *_TORCH_SUFFIXES)
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(/[\w.-]+)*$")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(/[\w.-]+)*$")  # owner/repo[/subfolder...]
 # CLIP text-config fields that change the computation without changing any weight shape.
 _TEXT_ARCH_FIELDS = ("hidden_act", "num_attention_heads", "layer_norm_eps")
 _TEXT_PREFIXES = ("cond_stage_model.transformer.", "text_encoder.", "text_model.")
@@ -85,22 +85,29 @@ def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None
         return _tiny(dtype, img2img)
     from diffusers import StableDiffusionPipeline
 
-    if not Path(model).is_dir() and not _HUB_ID.match(model):
+    if not Path(model).is_dir() and not (_HUB_ID.match(model) and model.count("/") == 1):
         raise AmsmoothError(f"model '{model}' is neither a local diffusers folder (with model_index.json) nor a "
                             f"Hugging Face id like CompVis/stable-diffusion-v1-4")
     offline = _offline(local_files_only)
     try:
         return StableDiffusionPipeline.from_pretrained(
-            model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
-            local_files_only=offline)
-    except OSError as e:
+            model, safety_checker=None, requires_safety_checker=False, local_files_only=offline, **_dtype_kw(dtype))
+    except (OSError, ValueError) as e:
         raise _fetch_error("model", model, offline, e) from None
+
+
+def _dtype_kw(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers renamed from_pretrained's torch_dtype to dtype (huggingface/diffusers#14205; the old name warns)."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
 def _tiny(dtype: torch.dtype, img2img: bool):  # noqa: ANN202
     from .tiny import tiny_pipeline
 
-    return tiny_pipeline(img2img=img2img).to(dtype=dtype)
+    pipe = tiny_pipeline(img2img=img2img)  # float32; casting it anyway makes diffusers log a spurious warning
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def _fetch_error(what: str, source: str, offline: bool, err: Exception) -> AmsmoothError:
@@ -183,8 +190,8 @@ def _pretrained_unet(path: str, kind: str, dtype: torch.dtype, local_files_only:
     where, sub = _pretrained_location(path, kind, "unet", "diffusion_pytorch_model")
     offline = _offline(local_files_only)
     try:
-        return UNet2DConditionModel.from_pretrained(where, subfolder=sub, torch_dtype=dtype,
-                                                    local_files_only=offline)
+        return UNet2DConditionModel.from_pretrained(where, subfolder=sub, local_files_only=offline,
+                                                    **_dtype_kw(dtype))
     except (OSError, ValueError) as e:
         raise _fetch_error("a U-Net", path, offline, e) from None
 
