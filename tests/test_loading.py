@@ -205,7 +205,8 @@ def test_unet_of_another_size_is_rejected_and_unet_unchanged(pipe, tmp_path, kin
 def test_pickle_with_python_objects_is_refused(pipe, tmp_path):
     torch.save({"conv_in.weight": torch.zeros(1), "args": argparse.Namespace(lr=1e-5)}, tmp_path / "esd.pt")
     before = snapshot(pipe.unet)
-    with pytest.raises(AmsmoothError, match=r"esd.pt holds Python objects besides tensors and is not unpickled"):
+    with pytest.raises(AmsmoothError, match=r"esd.pt holds Python objects besides tensors "
+                                            r"\(it needs argparse.Namespace\) and is not unpickled"):
         load_unet_weights(pipe.unet, str(tmp_path / "esd.pt"))
     assert_unchanged(pipe.unet, before)
 

@@ -298,13 +298,19 @@ def _torch_load(path: str) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise AmsmoothError(
-            f"{path} holds Python objects besides tensors and is not unpickled for safety (weights_only=True: "
-            f"{_first_line(e)[:160]}); save just its state dict, or convert it to .safetensors") from None
+            f"{path} holds Python objects besides tensors ({_unpickler_reason(e)}) and is not unpickled, for "
+            f"safety; re-save just its state dict (of tensors), or convert it to .safetensors") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise AmsmoothError(f"cannot read {path} as a torch state dict: {_first_line(e)[:200]}") from None
     if not isinstance(obj, Mapping):
         raise AmsmoothError(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
     return dict(obj)
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The 'Unsupported global: GLOBAL x.y' part of torch's long weights-only message, when it has one."""
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    return f"it needs {m.group(1)}" if m else "weights_only=True refused it"
 
 
 def _unwrap(raw: Mapping[str, Any], source: str) -> Mapping[str, Any]:
