@@ -63,7 +63,7 @@ def tiny_components(seed: int = TINY_SEED) -> dict:
 
 
 def tiny_pipeline(seed: int = TINY_SEED, img2img: bool = False):  # noqa: ANN201 - a diffusers pipeline
-    """A random tiny ``StableDiffusionPipeline`` (or the img2img one); default size 64 px (8×8 latents)."""
+    """A random tiny ``StableDiffusionPipeline`` (or the img2img one); the pipeline defaults to 128 px, pass height/width=64 for speed."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
