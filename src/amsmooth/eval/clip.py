@@ -14,6 +14,8 @@ from PIL import Image
 
 from ..errors import AmsmoothError
 
+ImageLike = Image.Image | np.ndarray | str | Path  # an RGB image, an [H, W, 3] uint8 array, or a file path
+
 CLIP_HINT = ("give a local folder with a transformers CLIP checkpoint (e.g. download openai/clip-vit-large-patch14 "
              "with `huggingface-cli download` on a machine with internet) or a Hugging Face id while online")
 
@@ -38,10 +40,14 @@ def load_clip(source: str, device: str | torch.device | None = None):  # noqa: A
 
 
 def load_clip_vision(source: str, device: str | torch.device | None = None):  # noqa: ANN201
-    """CLIP image tower with its projection (from a full CLIP or a vision-only checkpoint) and image processor."""
-    from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
+    """CLIP image tower with its projection and the image processor: a full CLIP checkpoint loads as
+    ``CLIPModel`` (its vision config alone may lack the projection size), a vision-only one as
+    ``CLIPVisionModelWithProjection``."""
+    from transformers import AutoConfig, AutoImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 
-    model = _load("CLIP vision weights", CLIPVisionModelWithProjection.from_pretrained, source)
+    config = _load("the CLIP config", AutoConfig.from_pretrained, source)
+    cls = CLIPModel if config.model_type == "clip" else CLIPVisionModelWithProjection
+    model = _load("CLIP vision weights", cls.from_pretrained, source)
     processor = _load("the CLIP image processor", AutoImageProcessor.from_pretrained, source)
     return model.to(device or "cpu").eval(), processor
 
@@ -61,7 +67,7 @@ def text_features(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     return model.text_projection(pooled)
 
 
-def as_pil(image: Image.Image | np.ndarray | str) -> Image.Image:
+def as_pil(image: ImageLike) -> Image.Image:
     """An RGB PIL image from a PIL image, an ``[H, W, 3]`` uint8 RGB array or a path."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
@@ -89,7 +95,7 @@ class ClipImageEncoder:
     def dim(self) -> int:
         return int(self.model.visual_projection.out_features)
 
-    def __call__(self, images: Sequence[Image.Image | np.ndarray | str]) -> torch.Tensor:
+    def __call__(self, images: Sequence[ImageLike]) -> torch.Tensor:
         param = next(self.model.parameters())
         pixels = self.processor(images=[as_pil(im) for im in images], return_tensors="pt")["pixel_values"]
         return image_features(self.model, pixels.to(param.device, param.dtype)).float()

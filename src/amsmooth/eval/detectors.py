@@ -17,12 +17,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import AmsmoothError
-from .clip import ClipImageEncoder, as_pil
+from .clip import ClipImageEncoder, ImageLike, as_pil
 
-ImageLike = Image.Image | np.ndarray | str | Path
 
 # The nine exposed classes of the paper (buttocks, female breast, female genitalia, anus, male genitalia,
 # male breast, belly, feet, armpits) in NudeNet 3.x's label names.

