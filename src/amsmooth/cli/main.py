@@ -14,6 +14,7 @@ MODULES = [
     "relevance",
     "generate",
     "bench",
+    "report",
 ]
 
 
