@@ -72,6 +72,14 @@ def test_min_samples_is_the_first_certifiable_n(rho, alpha):
     assert n0 == 1 or not order_statistic_indices(n0 - 1, rho, alpha).certifiable
 
 
+def test_huge_radius_needs_astronomical_n():
+    """A token swap at σ ≈ 0.03 needs ρ' ≈ 30: n ≈ 10^225 samples; beyond ρ' ≈ 38 no double-precision n exists."""
+    n30 = min_samples(30.0, 0.001)
+    assert n30 == pytest.approx(math.log(0.0005) / math.log1p(-norm.cdf(-30.0)), rel=1e-9) and n30 > 1e190
+    assert min_samples(40.0, 0.001) == math.inf
+    assert not order_statistic_indices(10_000, 30.0, 0.001).certifiable
+
+
 def test_percentile_bounds_are_sorted_samples(generator):
     samples = torch.randn(7, 3, 700, generator=generator)          # crosses the 512-coordinate block
     samples[:, 0, :5] = 1.0                                         # ties

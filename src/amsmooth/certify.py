@@ -78,13 +78,21 @@ def order_statistic_indices(n: int, rho: float, alpha: float) -> OrderStatistics
     return OrderStatistics(n, rho, alpha, p_lo, p_hi, k_lo, k_med, k_hi)
 
 
-def min_samples(rho: float, alpha: float) -> int:
-    """Smallest n with a bound on both sides: p̄'^n ≤ alpha / 2 (then X_(n) and X_(1) qualify)."""
-    p, a = percentile_levels(rho)[1], alpha / 2
-    n = max(1, math.ceil(math.log(a) / math.log(p)))
-    while p ** n > a:
+def min_samples(rho: float, alpha: float) -> int | float:
+    """Smallest n with a bound on both sides: p̄'^n ≤ alpha / 2 (then X_(n) and X_(1) qualify).
+
+    Computed in log space (log p̄' = log1p(−Φ(−ρ')), exact where p̄' rounds to 1); inf when Φ(−ρ') underflows.
+    """
+    log_p, log_a = math.log1p(-percentile_levels(rho)[0]), math.log(alpha / 2)
+    if log_p == 0.0:
+        return math.inf
+    estimate = log_a / log_p
+    if estimate > 2.0 ** 50:        # beyond float resolution of n (or inf): the estimate is the answer
+        return estimate
+    n = max(1, math.ceil(estimate))
+    while n * log_p > log_a:
         n += 1
-    while n > 1 and p ** (n - 1) <= a:
+    while n > 1 and (n - 1) * log_p <= log_a:
         n -= 1
     return n
 
@@ -160,7 +168,7 @@ class PromptCertificate:
     n: int
     alpha: float
     stats: OrderStatistics
-    min_samples: int
+    min_samples: int | float        # inf: no n suffices (ρ' beyond double precision)
     tokens: list[dict]
     bound: float | None = None
     bound_exact_median: float | None = None
@@ -185,7 +193,7 @@ class PromptCertificate:
         return {"prompt": self.prompt, "status": self.status, "rho": self.rho, "n": self.n, "alpha": self.alpha,
                 "alpha_per_coordinate": s.alpha, "p_lower": s.p_lower, "p_upper": s.p_upper,
                 "k_lower": s.k_lower, "k_median": s.k_median, "k_upper": s.k_upper,
-                "min_samples": self.min_samples, "bound": finite(self.bound),
+                "min_samples": finite(self.min_samples), "bound": finite(self.bound),
                 "bound_exact_median": finite(self.bound_exact_median), "median_norm_sq": self.median_norm_sq,
                 "ratio": finite(self.ratio), "max_coordinate_deviation": finite(self.max_coordinate_deviation),
                 "seconds": round(self.seconds, 3), "tokens": self.tokens}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -40,8 +41,9 @@ def _status_line(c: PromptCertificate) -> list[str]:
         return ["  no certificate: σ ≡ 0 (no noised prompt token), so the smoothed output is T(y) itself and "
                 "the ellipsoid ||δ||_Σ < ρ' contains only δ = 0"]
     if c.status == "too-few-samples":
-        return [f"  no bound (infinite): n = {c.n} is too few for ρ' = {c.rho} at α = {c.alpha} "
-                f"(need n ≥ {c.min_samples})"]
+        need = ("no n suffices" if c.min_samples == math.inf else
+                f"need n ≥ {c.min_samples}" if isinstance(c.min_samples, int) else f"need n ≥ {c.min_samples:.3g}")
+        return [f"  no bound (infinite): n = {c.n} is too few for ρ' = {c.rho} at α = {c.alpha} ({need})"]
     return [f"  bound Σξ = {c.bound:.4e}   ||E0.5(y)||² = {c.median_norm_sq:.4e}   ratio = {c.ratio:.3e}"
             f"   max per-coordinate |Δ| = {c.max_coordinate_deviation:.3e}",
             f"  (around the exact median: Σ(U−L)² = {c.bound_exact_median:.4e}; order statistics "
