@@ -73,7 +73,7 @@ def test_min_samples_is_the_first_certifiable_n(rho, alpha):
 
 
 def test_huge_radius_needs_astronomical_n():
-    """A token swap at σ ≈ 0.03 needs ρ' ≈ 30: n ≈ 10^225 samples; beyond ρ' ≈ 38 no double-precision n exists."""
+    """A token swap at σ ≈ 0.03 needs ρ' ≈ 30: n ≈ 10^198 samples; beyond ρ' ≈ 38 no double-precision n exists."""
     n30 = min_samples(30.0, 0.001)
     assert n30 == pytest.approx(math.log(0.0005) / math.log1p(-norm.cdf(-30.0)), rel=1e-9) and n30 > 1e190
     assert min_samples(40.0, 0.001) == math.inf
@@ -207,6 +207,10 @@ def test_reproducible_with_seed(tiny_ams):
     a, b, c = run(3), run(3), run(4)
     assert torch.equal(a.upper, b.upper) and a.bound == b.bound
     assert a.bound != c.bound
+    chunks = []
+    certify(tiny_ams, [PROMPT, "a teapot"], 1.0, n=150, alpha=0.01, generator=torch.Generator().manual_seed(3),
+            chunk=40, progress=chunks.append)
+    assert chunks == [40, 40, 40, 30] * 2                            # progress per chunk, prompt by prompt
 
 
 def test_too_few_samples_gives_no_bound_without_sampling(tiny_ams, tiny_encoder):

@@ -3,8 +3,9 @@
 With Σ = diag(σ²) on the token embeddings and p̲' = Φ(−ρ'), p̄' = Φ(ρ'), every output coordinate i obeys
 E̲_p̲'(y)^i ≤ E0.5(y + δ)^i ≤ Ē_p̄'(y)^i for all ||δ||_Σ = sqrt(δᵀ Σ⁻¹ δ) < ρ' (Theorem 3.2; σ² I gives Lemma 3.1
 with ρ' = ρ/σ). The percentiles are estimated from n Monte-Carlo samples by order statistics whose indices come
-from the binomial distribution (Chiang et al., 2020), so each interval holds with probability ≥ 1 − α. Too few
-samples for (ρ', α) gives no bound (infinite), never a guess.
+from the binomial distribution (Chiang et al., 2020); ``certify`` splits α over the L·D output coordinates, so all
+intervals of a prompt hold at once with probability ≥ 1 − α. Too few samples for (ρ', α) gives no bound
+(infinite), never a guess.
 """
 from __future__ import annotations
 
