@@ -44,11 +44,13 @@ def add_concept_args(p: argparse.ArgumentParser) -> None:
                         "(relevance = max); default: the preset's concepts")
 
 
-def add_smoothing_args(p: argparse.ArgumentParser) -> None:
+def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
+    """Smoothing flags; ``with_n=False`` leaves ``--n`` free for a subcommand's own sample count."""
     p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (Appendix D)")
     p.add_argument("--sigma0", type=float, help="base noise σ0 (default 0.006)")
     p.add_argument("--k", type=float, help="scaling factor k (default 9)")
-    p.add_argument("--n", type=int, help="number of noisy encodings (default 13)")
+    if with_n:
+        p.add_argument("--n", type=int, help="number of noisy encodings (default 13)")
     p.add_argument("--global", dest="use_global", action="store_true", default=None,
                    help="add global relevance (Algorithm 1's flag)")
     p.add_argument("--noise-special-tokens", action="store_true", default=None,

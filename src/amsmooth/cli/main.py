@@ -10,6 +10,7 @@ from ..errors import AmsmoothError
 
 # Subcommand modules under amsmooth.cli (each defines register(subparsers) and sets args.func).
 MODULES = [
+    "certify",
     "concept",
     "relevance",
     "generate",
