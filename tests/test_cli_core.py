@@ -71,3 +71,9 @@ def test_concept_for_another_encoder_is_refused(tmp_path, capsys, minilm_dir):
     assert main(["relevance", "x", "--encoder", minilm_dir, "--concept", str(out)]) == 2
     err = capsys.readouterr().err
     assert "built for clip_text_model" in err and "encoder in use is bert" in err
+
+
+def test_encoder_minilm_shortcut(capsys):
+    assert main(["relevance", "a naked man", "--encoder", "minilm", "--format", "jsonl"]) == 0
+    toks = json.loads(capsys.readouterr().out)["tokens"]
+    assert max(toks, key=lambda t: t["sim"])["word"] == "naked"

