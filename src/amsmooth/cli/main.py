@@ -12,6 +12,7 @@ from ..errors import AmsmoothError
 MODULES = [
     "concept",
     "relevance",
+    "attack",
 ]
 
 
