@@ -35,7 +35,7 @@ class QFPGDConfig(AttackConfig):
     iterations: int = 100             # gradient steps
     mode: str = "append"
     loss: str = "cosine"
-    step_size: float = 0.5            # Adam learning rate, in units of the embedding table's coordinate std
+    step_size: float = 1.0            # Adam learning rate, in units of the embedding table's coordinate std
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -7,6 +7,7 @@ the pipeline reads exactly as it was optimized.
 """
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import torch
@@ -15,8 +16,19 @@ from ..encoders import TextEncoder, TokenizedBatch
 from ..errors import AmsmoothError
 
 
+_WORD_IDS: dict[str, torch.Tensor] = {}   # per encoder identity: the vocabulary scan takes seconds
+
+
 def word_token_ids(encoder: TextEncoder) -> torch.Tensor:
     """Ids of the non-special tokens whose decoded text re-tokenizes to exactly that token: ``[V']``."""
+    key = json.dumps([encoder.fingerprint(), type(encoder.tokenizer).__name__, len(encoder.tokenizer)],
+                     sort_keys=True)
+    if key not in _WORD_IDS:
+        _WORD_IDS[key] = _scan_word_ids(encoder)
+    return _WORD_IDS[key]
+
+
+def _scan_word_ids(encoder: TextEncoder) -> torch.Tensor:
     tok = encoder.tokenizer
     size = int(encoder.embedding.weight.shape[0])
     ids = list(range(min(size, len(tok))))

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--population", type=int, help="rab: population size (200)")
     g.add_argument("--mutation-rate", type=float, help="rab: mutation probability (0.25)")
     g.add_argument("--crossover-rate", type=float, help="rab: crossover probability (0.5)")
-    g.add_argument("--step-size", type=float, help="qf-pgd: Adam step in units of the embedding std (0.5)")
+    g.add_argument("--step-size", type=float, help="qf-pgd: Adam step in units of the embedding std (1.0)")
     a = p.add_argument_group("adaptive attack against AMS")
     a.add_argument("--adaptive", action="store_true", help="optimize through the smoothing (EOT + "
                                                           "straight-through median)")
