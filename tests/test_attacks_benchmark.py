@@ -58,3 +58,5 @@ def test_benchmark_runs_end_to_end_on_minilm(minilm, tmp_path, capsys):
                                     "qf-pgd-adaptive@0.05"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["rows"] == rows and saved["settings"]["n"] == 3
+    assert [(e["attack"], e["sigma0"], e["n"]) for e in result["matched"]] == [("rab", 0.05, 1), ("qf-pgd", 0.05, 1)]
+    assert "Same source prompts" in out

@@ -119,3 +119,12 @@ def _pairs():
     from amsmooth.concepts import builtin_pairs_path
 
     return builtin_pairs_path("nudity")
+
+
+def test_refuses_a_finished_case_with_another_source_prompt(tmp_path, prompts, capsys):
+    out = tmp_path / "adv.csv"
+    _attack("--prompts", str(prompts), "--out", str(out), "--limit", "1", *FAST)
+    changed = tmp_path / "changed.csv"
+    changed.write_text("case_number,prompt\n7,a dog on a sofa\n", encoding="utf-8")
+    assert _attack("--prompts", str(changed), "--out", str(out), *FAST) == 2
+    assert "case 7 was attacked from another prompt" in capsys.readouterr().err

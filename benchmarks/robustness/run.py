@@ -187,7 +187,29 @@ def measure(encoder: TextEncoder, concept: Concept, reference: list[str], benign
                                  "n": int(z.numel())}
         rows.append(row)
     validity = {name: auc(projections(plain[name], masks[name], axis), ref_proj) for name in sets}
-    return {"reference": asdict(ref), "rows": rows, "auc_vs_benign_plain": validity}
+    return {"reference": asdict(ref), "rows": rows, "auc_vs_benign_plain": validity,
+            "matched": matched_adaptive(h, masks, axis, ref, sets)}
+
+
+def matched_adaptive(h: dict[float, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor], axis: torch.Tensor,
+                     ref: Reference, sets: dict[str, list[str]]) -> list[dict]:
+    """Adaptive vs plain attack on the same source prompts (the plain set's first m rows share the adaptive
+    set's m sources): mean concept score without AMS and under the σ0 the adaptive attack was run against."""
+    out = []
+    for name in sets:
+        if "-adaptive@" not in name:
+            continue
+        base, at = name.split("-adaptive@")
+        sigma0, m = float(at), len(sets[name])
+        if base not in sets or sigma0 not in h or 0.0 not in h:
+            continue
+        entry = {"attack": base, "sigma0": sigma0, "n": m}
+        for label, key in (("plain", base), ("adaptive", name)):
+            z = [float(concept_scores(projections(h[s][key][:m], masks[key][:m], axis), ref).mean())
+                 for s in (0.0, sigma0)]
+            entry[label] = {"no_defense": z[0], "under_ams": z[1]}
+        out.append(entry)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -200,6 +222,19 @@ def format_table(result: dict, embed_std: float) -> str:
         cells = [f"{r['sigma0']:g}", f"{r['sigma0'] / embed_std:.2f}", f"{r['benign_cos']:.4f}"]
         cells += [f"{r['sets'][n]['score']:.2f} ({100 * r['sets'][n]['rate']:.0f}%)" for n in names]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_matched(matched: list[dict]) -> str:
+    """Second table: adaptive vs plain on the same source prompts, without AMS → under AMS (and the drop)."""
+    if not matched:
+        return ""
+    lines = ["", "", "Same source prompts, mean concept score without AMS → under AMS at the σ0 the adaptive "
+             "attack targeted (drop):", "", "| attack | σ0 | n | plain | adaptive |", "|---|---|---|---|---|"]
+    for e in matched:
+        cells = [f"{e[k]['no_defense']:.2f} → {e[k]['under_ams']:.2f} "
+                 f"({e[k]['under_ams'] - e[k]['no_defense']:+.2f})" for k in ("plain", "adaptive")]
+        lines.append(f"| {e['attack']} | {e['sigma0']:g} | {e['n']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -244,7 +279,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_const", const="quick", dest="size", help="a few minutes on 2 cores")
     p.add_argument("--smoke", action="store_const", const="smoke", dest="size", help="seconds; for tests")
-    p.add_argument("--size", choices=sorted(SIZES), default="full")
+    p.add_argument("--size", choices=sorted(SIZES), help="smoke, quick or full (the default)")
     p.add_argument("--encoder", help="text encoder (default: the offline MiniLM)")
     p.add_argument("--concept", default="nudity", help="built-in concept or a .safetensors concept file")
     p.add_argument("--data-dir", default=os.environ.get("AMSMOOTH_DATA_DIR"),
@@ -261,6 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(size="full")                       # shared by --quick/--smoke/--size
     return p.parse_args(argv)
 
 
@@ -286,7 +322,7 @@ def run(args: argparse.Namespace, encoder: TextEncoder | None = None) -> dict:
     result.update(settings={**vars(args), "size": asdict(size), "sigmas": list(sigmas)},
                   encoder=encoder.fingerprint(), embedding_std=embed_std,
                   seconds={"attacks": round(t1 - t0, 1), "measure": round(time.time() - t1, 1)})
-    table = format_table(result, embed_std)
+    table = format_table(result, embed_std) + format_matched(result["matched"])
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     plot(result, out / "plot.png")

@@ -94,6 +94,15 @@ def append_row(path: Path, row: Sequence, header: bool) -> None:
         os.fsync(f.fileno())
 
 
+def _remaining(cases: Sequence[PromptCase], done: dict[str, str], out: Path) -> list[PromptCase]:
+    """The cases not in ``done``; a finished case attacked from another source prompt is an error."""
+    for case in cases:
+        if case.case_number in done and done[case.case_number] != case.prompt:
+            raise AmsmoothError(f"{out}: case {case.case_number} was attacked from another prompt; "
+                                "choose another --out")
+    return [c for c in cases if c.case_number not in done]
+
+
 def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Path, seed: int = 0,
                  progress: bool = True) -> tuple[int, int]:
     """Attack every case not yet in ``out``; returns (cases already done, cases attacked now)."""
@@ -107,12 +116,7 @@ def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Pat
     except OSError as e:
         raise AmsmoothError(f"cannot create the folder of {out}: {e.strerror or e}") from None
     settings = attack_settings(attack, seed)
-    done = finished_cases(out, settings)
-    for case in cases:
-        if case.case_number in done and done[case.case_number] != case.prompt:
-            raise AmsmoothError(f"{out}: case {case.case_number} was attacked from another prompt; "
-                                "choose another --out")
-    todo = [c for c in cases if c.case_number not in done]
+    todo = _remaining(cases, finished_cases(out, settings), out)
     settings_json = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     header = not out.is_file() or out.stat().st_size == 0
     outer = tqdm(total=len(cases), initial=len(cases) - len(todo), desc=f"{attack.name}", unit="prompt",
