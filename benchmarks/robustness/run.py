@@ -253,6 +253,7 @@ def plot(result: dict, path: Path) -> None:
     for x, r in zip(drift, result["rows"]):
         ax.annotate(f"σ0={r['sigma0']:g}", (x, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom")
     ax.set_xscale("symlog", linthresh=1e-4)        # σ0 = 0 gives drift 0; small σ0 give drifts ~1e-4
+    ax.set_xlim(left=0, right=max(drift) * 1.3 + 1e-4)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("benign drift: 1 − cos(AMS(y), T(y)) on COCO")
     ax.set_ylabel("concept score (benign std along Δ̂)")
