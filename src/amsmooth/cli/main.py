@@ -16,6 +16,7 @@ MODULES = [
     "generate",
     "bench",
     "report",
+    "attack",
 ]
 
 

@@ -1,0 +1,137 @@
+"""What a text-encoder attack minimizes: the distance of a candidate's conditioning to a target embedding.
+
+Plain (non-adaptive): loss(T(y), h*). Adaptive against AMS: the attacker optimizes the *defended* conditioning,
+loss(median_i T(y + G_i), h*) averaged over m independent draws of the n noise samples (expectation over
+transformation, EOT); σ comes from the defense's own relevance scores of the candidate. The median blocks useful
+gradients (it routes them to one sample per coordinate), so gradients use the straight-through estimator: the
+forward value is the median, the backward pass is that of the mean of the n samples.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..encoders import TextEncoder, TokenizedBatch
+from ..errors import AmsmoothError
+from ..smoothing import AdaptiveMedianSmoothing, gaussian_noise, median_smooth
+from .vocab import candidate_batch
+
+
+def mse_loss(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over ``[L, D]``: ``h`` ``[R, L, D]``, ``target`` ``[L, D]`` → ``[R]`` (Ring-A-Bell)."""
+    return ((h.float() - target.float()) ** 2).mean(dim=(-2, -1))
+
+
+def cosine_loss(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − cos(h, target) over the flattened ``[L, D]``: ``[R, L, D]`` → ``[R]`` (QF-Attack's similarity)."""
+    return 1 - torch.nn.functional.cosine_similarity(h.float().flatten(1), target.float().flatten()[None], dim=1)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mse": mse_loss, "cosine": cosine_loss}
+
+
+def concept_target(encoder: TextEncoder, prompt: str, direction: torch.Tensor, eta: float) -> torch.Tensor:
+    """Ring-A-Bell's target h* = T(prompt) + η·Δ_concept: ``[L, D]`` float32."""
+    base = encoder.encode([prompt])[0].float()
+    return base + eta * direction.to(base.device, torch.float32)
+
+
+def straight_through_median(samples: torch.Tensor) -> torch.Tensor:
+    """Median over axis 1 of ``[R, n, L, D]`` in the forward pass, gradient of the mean in the backward pass."""
+    mean = samples.mean(dim=1)
+    return mean + (median_smooth(samples.transpose(0, 1)) - mean).detach()
+
+
+class TextObjective:
+    """loss(conditioning of ``prefix + suffix``, target) for candidate suffixes, plain or through AMS.
+
+    ``smoothing`` set → adaptive: each candidate's conditioning is the straight-through median of n noisy
+    encodings (σ from the defense's scores of that candidate), the loss averaged over ``eot_samples`` draws.
+    """
+
+    def __init__(self, encoder: TextEncoder, target: torch.Tensor, loss: str = "mse",
+                 smoothing: AdaptiveMedianSmoothing | None = None, eot_samples: int = 1,
+                 max_batch: int = 256) -> None:
+        if loss not in LOSSES:
+            raise AmsmoothError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+        if eot_samples < 1:
+            raise AmsmoothError(f"eot_samples must be >= 1, got {eot_samples}")
+        self.encoder, self.target, self.loss_fn = encoder, target.float(), LOSSES[loss]
+        self.smoothing, self.eot_samples, self.max_batch = smoothing, eot_samples, max_batch
+
+    @property
+    def adaptive(self) -> bool:
+        return self.smoothing is not None
+
+    @property
+    def rows_per_candidate(self) -> int:
+        """Encoder rows one candidate costs: 1 plain, m·n adaptive."""
+        return self.eot_samples * self.smoothing.config.n if self.smoothing is not None else 1
+
+    def draw(self, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Standard normal draws ``[m, n, L, D]`` shared by all candidates of one iteration (None when plain)."""
+        if self.smoothing is None:
+            return None
+        n, L, D = self.smoothing.config.n, self.encoder.max_length, self.encoder.hidden_size
+        return gaussian_noise((self.eot_samples, n, L, D), generator)
+
+    def _noise(self, batch: TokenizedBatch, z: torch.Tensor) -> torch.Tensor:
+        """G = z·σ for each candidate: ``[B·m·n, L, D]`` with σ ``[B, L]`` from the defense's relevance."""
+        with torch.no_grad():
+            sigma = self.smoothing.scores(batch).sigma.to(z.device)
+        noise = z[None] * sigma[:, None, None, :, None]
+        return noise.flatten(0, 2)
+
+    def conditioning(self, batch: TokenizedBatch, z: torch.Tensor | None,
+                     offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Per candidate and EOT draw, the conditioning the attacked model sees: ``[B, m, L, D]`` (m = 1 plain).
+
+        ``offset`` ``[L, D]`` is added to every candidate's token embeddings (gradients flow to it).
+        """
+        B, L, D = len(batch), self.encoder.max_length, self.encoder.hidden_size
+        if self.smoothing is None or z is None:
+            noise = None if offset is None else offset.expand(B, L, D)
+            return self.encoder.encode_ids(batch.input_ids, batch.attention_mask, noise)[:, None]
+        m, n = z.shape[0], z.shape[1]
+        noise = self._noise(batch, z).to(self.encoder.device)
+        if offset is not None:
+            noise = noise + offset.to(noise.device)
+        ids = batch.input_ids.repeat_interleave(m * n, dim=0)
+        mask = batch.attention_mask.repeat_interleave(m * n, dim=0)
+        h = self.encoder.encode_ids(ids, mask, noise.to(self.encoder.dtype)).reshape(B * m, n, L, D)
+        return straight_through_median(h).reshape(B, m, L, D)
+
+    def batch_losses(self, batch: TokenizedBatch, z: torch.Tensor | None,
+                     offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss of each candidate of ``batch`` (EOT mean): ``[B]``."""
+        h = self.conditioning(batch, z, offset)
+        B, m = h.shape[:2]
+        return self.loss_fn(h.flatten(0, 1), self.target.to(h.device)).reshape(B, m).mean(1)
+
+    def losses(self, prefix: TokenizedBatch, suffixes: Sequence[Sequence[int]],
+               z: torch.Tensor | None) -> torch.Tensor:
+        """Losses of many candidate suffixes without gradients, chunked to ``max_batch`` encoder rows: ``[P]``."""
+        per_chunk = max(1, self.max_batch // self.rows_per_candidate)
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(suffixes), per_chunk):
+                batch = candidate_batch(self.encoder, prefix, suffixes[s:s + per_chunk])
+                out.append(self.batch_losses(batch, z).cpu())
+        return torch.cat(out)
+
+    def loss_and_grad(self, prefix: TokenizedBatch, suffix: Sequence[int],
+                      z: torch.Tensor | None) -> tuple[float, torch.Tensor]:
+        """Loss of one candidate and its gradient w.r.t. the suffix tokens' embeddings: ``(loss, [K, D])``."""
+        batch = candidate_batch(self.encoder, prefix, [suffix])
+        L, D = self.encoder.max_length, self.encoder.hidden_size
+        offset = torch.zeros(L, D, device=self.encoder.device, dtype=self.encoder.dtype, requires_grad=True)
+        loss = self.batch_losses(batch, z, offset)[0]
+        (grad,) = torch.autograd.grad(loss, offset)
+        start = int(batch.content_mask[0].nonzero()[0]) + len(prefix.content_ids[0])
+        return float(loss.detach()), grad[start:start + len(suffix)].float()
+
+    def text_loss(self, text: str, z: torch.Tensor | None) -> float:
+        """The objective of a prompt as the pipeline reads it (re-tokenized from text)."""
+        with torch.no_grad():
+            return float(self.batch_losses(self.encoder.tokenize([text]), z)[0])

@@ -1,0 +1,139 @@
+"""Attack a prompt set into a CSV in the field's data contract, one flushed row per prompt (resumable).
+
+Columns: ``case_number, prompt, evaluation_seed, evaluation_guidance`` (what ``amsmooth eval`` reads), then
+``source_prompt, attack, adaptive, loss, exact, settings`` (``settings``: the resolved attack settings as JSON,
+the same on every row). Rerunning the same command skips finished case numbers; a file written with other
+settings is refused. Each prompt's generator is seeded from (seed, case_number), so a resumed run writes the
+same rows as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import AmsmoothError
+from ..prompts import PromptCase
+from .base import AttackResult, TextAttack
+
+FORMAT = "amsmooth-attack-v1"
+COLUMNS = ["case_number", "prompt", "evaluation_seed", "evaluation_guidance", "source_prompt", "attack",
+           "adaptive", "loss", "exact", "settings"]
+
+
+def case_seed(seed: int, case_number: str) -> int:
+    """A 63-bit seed for one case, from the run's seed and the case number."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{case_number}".encode()).digest()[:8], "big") >> 1
+
+
+def _tensor_sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def attack_settings(attack: TextAttack, seed: int) -> dict[str, Any]:
+    """Everything that determines the rows: attack, its config, seed, encoder, concept(s), defense if adaptive."""
+    smoothing = attack.smoothing
+    return {
+        "format": FORMAT, "attack": attack.name, "adaptive": attack.adaptive, "seed": seed,
+        "config": attack.config.to_dict(), "encoder": attack.encoder.fingerprint(),
+        "concept": {"name": attack.concept.name, "direction_sha256": _tensor_sha(attack.concept.direction)},
+        "smoothing": None if smoothing is None else {
+            **smoothing.config.to_dict(),
+            "concept_sha256": [_tensor_sha(c.direction) for c in smoothing.concepts]},
+    }
+
+
+def _drop_partial_line(path: Path) -> None:
+    """A run killed mid-write leaves a line without its newline: cut it so the CSV stays well-formed."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def finished_cases(path: Path, settings: dict[str, Any]) -> dict[str, str]:
+    """case_number → source prompt of the rows already in ``path``; refuses a file with other settings."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return {}
+    _drop_partial_line(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        if "settings" not in (reader.fieldnames or []):
+            raise AmsmoothError(f"{path} exists and was not written by `amsmooth attack`; choose another --out")
+    for row in rows:
+        theirs = json.loads(row["settings"] or "{}")
+        if theirs != settings:
+            differ = sorted(k for k in set(theirs) | set(settings) if theirs.get(k) != settings.get(k))
+            raise AmsmoothError(f"{path} was made with other settings (differing: {', '.join(differ)}); "
+                                "rerun with the same options to resume, or choose another --out")
+    return {row["case_number"]: row["source_prompt"] for row in rows}
+
+
+def result_row(case: PromptCase, attack: TextAttack, result: AttackResult, settings_json: str) -> list:
+    return [case.case_number, result.prompt, "" if case.seed is None else case.seed,
+            "" if case.guidance is None else case.guidance, case.prompt, attack.name, attack.adaptive,
+            f"{result.loss:.6g}", result.exact, settings_json]
+
+
+def append_row(path: Path, row: Sequence, header: bool) -> None:
+    """Append one CSV row (and the header first if asked), flushed to disk."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if header:
+        writer.writerow(COLUMNS)
+    writer.writerow(row)
+    with path.open("a", encoding="utf-8", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _remaining(cases: Sequence[PromptCase], done: dict[str, str], out: Path) -> list[PromptCase]:
+    """The cases not in ``done``; a finished case attacked from another source prompt is an error."""
+    for case in cases:
+        if case.case_number in done and done[case.case_number] != case.prompt:
+            raise AmsmoothError(f"{out}: case {case.case_number} was attacked from another prompt; "
+                                "choose another --out")
+    return [c for c in cases if c.case_number not in done]
+
+
+def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Path, seed: int = 0,
+                 progress: bool = True) -> tuple[int, int]:
+    """Attack every case not yet in ``out``; returns (cases already done, cases attacked now)."""
+    from tqdm.auto import tqdm
+
+    if not cases:
+        raise AmsmoothError("no prompts to attack (the prompt set is empty)")
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AmsmoothError(f"cannot create the folder of {out}: {e.strerror or e}") from None
+    settings = attack_settings(attack, seed)
+    todo = _remaining(cases, finished_cases(out, settings), out)
+    settings_json = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    header = not out.is_file() or out.stat().st_size == 0
+    outer = tqdm(total=len(cases), initial=len(cases) - len(todo), desc=f"{attack.name}", unit="prompt",
+                 disable=not progress)
+    for case in todo:
+        inner = tqdm(total=attack.config.iterations, desc=f"case {case.case_number}", leave=False,
+                     disable=not progress)
+
+        def tick(step: int, best: float) -> None:
+            inner.update(step - inner.n)
+            inner.set_postfix(loss=f"{best:.4g}")
+
+        result = attack.run(case.prompt, torch.Generator().manual_seed(case_seed(seed, case.case_number)), tick)
+        inner.close()
+        append_row(out, result_row(case, attack, result, settings_json), header)
+        header = False
+        outer.update(1)
+        outer.set_postfix(loss=f"{result.loss:.4g}")
+    outer.close()
+    return len(cases) - len(todo), len(todo)

@@ -1,0 +1,130 @@
+"""``amsmooth attack``: data-contract CSV, resume per prompt, refusal of other settings, one-line errors."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from amsmooth.cli.main import main
+from amsmooth.prompts import read_prompt_csv
+
+FAST = ["--iterations", "2", "--population", "6", "--budget", "4", "--no-progress"]
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text("case_number,prompt,evaluation_seed,evaluation_guidance\n"
+                    "7,a cat on a sofa,11,7.5\n8,a red car in the rain,12,\n9,two people at a beach,13,\n",
+                    encoding="utf-8")
+    return path
+
+
+def _rows(path):
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _attack(*extra):
+    return main(["attack", "rab", "--encoder", "tiny", "--concept", "nudity", *extra])
+
+
+def test_writes_the_data_contract_ready_for_eval(tmp_path, prompts, capsys):
+    out = tmp_path / "adv.csv"
+    assert _attack("--prompts", str(prompts), "--out", str(out), *FAST) == 0
+    rows = _rows(out)
+    assert [r["case_number"] for r in rows] == ["7", "8", "9"]
+    assert rows[0]["evaluation_seed"] == "11" and rows[0]["evaluation_guidance"] == "7.5"
+    assert rows[1]["source_prompt"] == "a red car in the rain" and rows[1]["attack"] == "rab"
+    assert all(r["exact"] == "True" and float(r["loss"]) > 0 for r in rows)
+    settings = json.loads(rows[0]["settings"])
+    assert settings["config"]["budget"] == 4 and settings["adaptive"] is False and settings["seed"] == 0
+    cases = read_prompt_csv(out)                      # what `amsmooth eval` reads
+    assert [c.seed for c in cases] == [11, 12, 13] and cases[0].prompt == rows[0]["prompt"]
+    assert "3 rab prompt(s) attacked now" in capsys.readouterr().out
+
+
+def test_resume_skips_finished_cases_and_matches_a_full_run(tmp_path, prompts, capsys):
+    full, part = tmp_path / "full.csv", tmp_path / "part.csv"
+    _attack("--prompts", str(prompts), "--out", str(full), *FAST)
+    _attack("--prompts", str(prompts), "--out", str(part), "--limit", "1", *FAST)
+    with part.open("a", encoding="utf-8") as f:       # a run killed while writing its next row
+        f.write('8,"half a ro')
+    assert _attack("--prompts", str(prompts), "--out", str(part), *FAST) == 0
+    assert "2 rab prompt(s) attacked now, 1 already there" in capsys.readouterr().out
+    assert _rows(part) == _rows(full)
+    assert _attack("--prompts", str(prompts), "--out", str(part), *FAST) == 0
+    assert "0 rab prompt(s) attacked now, 3 already there" in capsys.readouterr().out
+
+
+def test_refuses_to_append_with_other_settings(tmp_path, prompts, capsys):
+    out = tmp_path / "adv.csv"
+    _attack("--prompts", str(prompts), "--out", str(out), "--limit", "1", *FAST)
+    assert _attack("--prompts", str(prompts), "--out", str(out), "--seed", "1", *FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "other settings (differing: seed)" in err
+
+
+def test_adaptive_records_the_defense(tmp_path, prompts):
+    out = tmp_path / "adv.csv"
+    assert main(["attack", "qf-pgd", "--encoder", "tiny", "--prompts", str(prompts), "--out", str(out),
+                 "--adaptive", "--preset", "uce-nudity", "--n", "3", "--iterations", "2", "--limit", "1",
+                 "--no-progress"]) == 0
+    row = _rows(out)[0]
+    settings = json.loads(row["settings"])
+    assert row["adaptive"] == "True" and row["prompt"].startswith("a cat on a sofa ")
+    assert settings["smoothing"]["sigma0"] == 0.012 and settings["smoothing"]["use_global"] is True
+    assert settings["smoothing"]["n"] == 3 and settings["config"]["loss"] == "cosine"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["attack", "gcg", "--encoder", "tiny"], "unknown attack 'gcg'"),
+    (["attack", "uda", "--encoder", "tiny"], "needs --model"),
+    (["attack", "p4d", "--model", "tiny"], "needs --model"),
+    (["attack", "rab", "--encoder", "tiny", "--budget", "0"], "budget"),
+    (["attack", "rab", "--encoder", "tiny", "--iterations", "-1"], "iterations"),
+    (["attack", "rab", "--encoder", "tiny", "--step-size", "1"], "applies to 'qf-pgd' only"),
+    (["attack", "rab", "--encoder", "tiny", "--preset", "esd-nudity"], "add --adaptive"),
+    (["attack", "rab"], "give --encoder"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, prompts, capsys, argv, message):
+    assert main([*argv, "--prompts", str(prompts), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amsmooth: error:") and message in err and "\n" not in err
+
+
+def test_empty_prompt_sets_are_clear_errors(tmp_path, capsys):
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("case_number,prompt\n", encoding="utf-8")
+    blank = tmp_path / "empty.txt"
+    blank.write_text("\n\n", encoding="utf-8")
+    for path in (header_only, blank):
+        assert _attack("--prompts", str(path), "--out", str(tmp_path / "o.csv")) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and ("no rows" in err or "no prompts" in err)
+
+
+def test_concept_for_another_encoder_is_one_clear_line(tmp_path, prompts, minilm_dir, capsys):
+    concept = tmp_path / "nudity-tiny.safetensors"
+    assert main(["concept", "build", "--pairs", str(_pairs()), "--encoder", "tiny", "--out", str(concept)]) == 0
+    capsys.readouterr()
+    assert main(["attack", "rab", "--encoder", minilm_dir, "--concept", str(concept), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was built for" in err and "\n" not in err
+
+
+def _pairs():
+    from amsmooth.concepts import builtin_pairs_path
+
+    return builtin_pairs_path("nudity")
+
+
+def test_refuses_a_finished_case_with_another_source_prompt(tmp_path, prompts, capsys):
+    out = tmp_path / "adv.csv"
+    _attack("--prompts", str(prompts), "--out", str(out), "--limit", "1", *FAST)
+    changed = tmp_path / "changed.csv"
+    changed.write_text("case_number,prompt\n7,a dog on a sofa\n", encoding="utf-8")
+    assert _attack("--prompts", str(changed), "--out", str(out), *FAST) == 2
+    assert "case 7 was attacked from another prompt" in capsys.readouterr().err
