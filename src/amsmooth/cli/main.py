@@ -16,6 +16,8 @@ MODULES = [
     "generate",
     "bench",
     "report",
+    "eval",
+    "utility",
 ]
 
 
