@@ -106,7 +106,6 @@ class Run:
     pipe: Any
     jobs: list[Job]          # the whole run's cases (every process)
     shard: Shard
-    state: Any               # accelerate's PartialState (wait_for_everyone)
     settings: GenerationSettings
     device: torch.device
     detector: Any = None
@@ -147,7 +146,7 @@ def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None
     sets = load_prompt_sets(args.prompts)
     run_dir = Path(args.out)
     check_writable_dir(run_dir)
-    shard, device, state = process_shard(resolve_device(args.device))
+    shard, device = process_shard(resolve_device(args.device))
     det = detector(device) if detector is not None else None
     settings = generation_settings(args)
     extra = dict(extra or {})
@@ -158,7 +157,7 @@ def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None
     pipe = load_model(args, device)
     defense = spec.build(pipe, device)
     store = ResultStore.open(run_dir, config, VOLATILE)
-    return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, state, settings, device, det)
+    return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, settings, device, det)
 
 
 def report_progress(command: str, run: Run, new: int, skipped: int, seconds: float) -> None:

@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import AmsmoothError
 from ..eval.defenses import DefenseSpec
-from ..eval.runner import image_path, run_jobs
+from ..eval.runner import IMAGES, Job, image_path, run_jobs
 from .eval import Run, add_defense_args, add_run_args, prepare, report_progress
 from .generate import add_generation_args, add_model_args
 
@@ -45,9 +44,14 @@ def run(args: argparse.Namespace) -> int:
         if args.reference_defense:
             plain = DefenseSpec().build(run.pipe, run.device)
             run_jobs(plain, run.my_jobs, run.settings, run.run_dir, folder=REFERENCE, desc="reference")
-        run.state.wait_for_everyone()
-        if run.shard.is_main:
-            measure(run, args, reference)
+        # No barrier: every process checks after its own last image, so the last one to finish sees all
+        # images and measures (two finishing together both measure the same numbers).
+        missing = len(missing_images(run, bool(args.reference_defense)))
+        if missing:
+            print(f"utility: {missing} image(s) of other processes still missing; the last process to finish "
+                  "computes FID / CLIP score (or rerun the same command)")
+            return 0
+        measure(run, args, reference)
     return 0
 
 
@@ -59,14 +63,23 @@ def check_reference(path: Path) -> None:
     image_files(path)  # a folder with images, else one clear error
 
 
+def missing_images(run: Run, with_reference: bool) -> list[str]:
+    """Images of the run's cases (all processes) not yet stored, and reference images not yet written."""
+    done = run.store.done_keys()
+    out = [image_path(IMAGES, j, k) for j, k in _images(run) if (j.prompt_set, j.case.case_number, k) not in done]
+    if with_reference:
+        out += [p for j, k in _images(run) if not (run.run_dir / (p := image_path(REFERENCE, j, k))).is_file()]
+    return out
+
+
+def _images(run: Run) -> list[tuple[Job, int]]:
+    return [(j, k) for j in run.jobs for k in range(run.settings.images_per_prompt)]
+
+
 def generated(run: Run) -> tuple[list[Path], list[str]]:
-    """Images and original prompts of the run's cases (all processes), in case order; refuses gaps."""
+    """Images and original prompts of the run's cases (all processes), in case order."""
     rows = {r.key: r for r in run.store.rows()}
-    keys = [(j.prompt_set, j.case.case_number, k) for j in run.jobs for k in range(run.settings.images_per_prompt)]
-    missing = [k for k in keys if k not in rows]
-    if missing:
-        raise AmsmoothError(f"{len(missing)} of {len(keys)} images are not in {run.run_dir} yet (another process "
-                            "stopped?); rerun the same command to finish them, the metrics follow")
+    keys = [(j.prompt_set, j.case.case_number, k) for j, k in _images(run)]
     return [run.run_dir / rows[k].image for k in keys], [rows[k].prompt for k in keys]
 
 
@@ -80,8 +93,7 @@ def reference_features(run: Run, args: argparse.Namespace, fid: Any) -> int:
     if args.reference:
         files = image_files(args.reference)
     else:
-        files = [run.run_dir / image_path(REFERENCE, j, k) for j in run.jobs
-                 for k in range(run.settings.images_per_prompt)]
+        files = [run.run_dir / image_path(REFERENCE, j, k) for j, k in _images(run)]
     fid.update(files, real=True)
     return len(files)
 

@@ -105,20 +105,16 @@ class Shard:
     def take(self, jobs: Sequence[Job]) -> list[Job]:
         return list(jobs[self.index::self.count])
 
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
 
-
-def process_shard(device: torch.device) -> tuple[Shard, torch.device, Any]:
-    """(this process's shard, its device, the accelerate state) under ``accelerate launch``; one process alone
-    gets ``Shard(0, 1)``. With several processes an unindexed ``cuda`` becomes this process's own GPU."""
+def process_shard(device: torch.device) -> tuple[Shard, torch.device]:
+    """(this process's shard, its device) under ``accelerate launch``; one process alone gets ``Shard(0, 1)``.
+    With several processes an unindexed ``cuda`` becomes this process's own GPU."""
     from accelerate import PartialState
 
     state = PartialState(cpu=device.type == "cpu")
     if state.num_processes > 1 and device.type == "cuda" and device.index is None:
         device = state.device
-    return Shard(state.process_index, state.num_processes), device, state
+    return Shard(state.process_index, state.num_processes), device
 
 
 # -- generation ----------------------------------------------------------------------------------------------
