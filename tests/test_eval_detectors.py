@@ -171,36 +171,27 @@ def test_q16_refuses_features_of_the_wrong_size_and_missing_weights():
         make_detector("q16", clip="openai/clip-vit-large-patch14-does-not-exist")
 
 
-def test_q16_and_clip_score_load_a_users_clip_folder(tmp_path):
+def test_q16_and_clip_score_load_a_users_clip_folder(tmp_path, tiny_clip_dir):
     """The loading path users take: a saved full CLIP checkpoint folder (tiny, random, projection 768) and a
     vision-only one; features equal the saved model's own."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from transformers import CLIPImageProcessor, CLIPModel
 
     from amsmooth.eval.clip import image_features
     from amsmooth.eval.metrics import ClipScore
-    from amsmooth.tiny import tiny_tokenizer
 
-    tok = tiny_tokenizer()
-    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), max_position_embeddings=77, **small),
-                     vision_config=dict(image_size=224, patch_size=32, **small), projection_dim=768)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        full = CLIPModel(cfg).eval()
-    full.save_pretrained(tmp_path / "full")
-    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok).save_pretrained(tmp_path / "full")
+    full = CLIPModel.from_pretrained(tiny_clip_dir).eval()
     vision, processor = tiny_clip_vision()
     vision.save_pretrained(tmp_path / "vision")
     processor.save_pretrained(tmp_path / "vision")
 
     image = landscape(64, 64)
     pixels = CLIPImageProcessor()(images=[image], return_tensors="pt")["pixel_values"]
-    q16 = make_detector("q16", clip=str(tmp_path / "full"))
+    q16 = make_detector("q16", clip=str(tiny_clip_dir))
     torch.testing.assert_close(q16.encoder([image]), image_features(full, pixels))
-    assert q16.settings()["clip"] == str(tmp_path / "full") and len(q16.detect([image])) == 1
+    assert q16.settings()["clip"] == str(tiny_clip_dir) and len(q16.detect([image])) == 1
     q16v = Q16Detector.from_pretrained(str(tmp_path / "vision"), threshold=0.7)
     with torch.no_grad():
         torch.testing.assert_close(q16v.encoder([image]), vision(pixel_values=pixels).image_embeds)
     assert q16v.threshold == 0.7
-    score = ClipScore.from_pretrained(str(tmp_path / "full")).update([image], ["a landscape"])
+    score = ClipScore.from_pretrained(str(tiny_clip_dir)).update([image], ["a landscape"])
     assert score.shape == (1,) and 0 <= float(score) <= 100

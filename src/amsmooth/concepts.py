@@ -13,6 +13,7 @@ import torch
 
 from .encoders import TextEncoder
 from .errors import AmsmoothError
+from .io import atomic_write_bytes
 
 # Column pairs recognised when none are given: (positive, negative).
 KNOWN_COLUMNS = [("sensitive prompt", "normal prompt"), ("prompt", "prompt1"), ("positive", "negative")]
@@ -113,15 +114,14 @@ class Concept:
 
     def save(self, path: str | Path) -> None:
         """Write safetensors (tensor ``direction``) with the fingerprint and pairs provenance as metadata."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = Path(path)
         meta = {"format": FORMAT, "name": self.name, "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
                 "pairs_sha256": self.pairs_sha256, "pairs_count": str(self.pairs_count)}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"direction": self.direction.float().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        # a temp file per process: several processes (accelerate shards) may cache the same concept at once
+        atomic_write_bytes(path, save({"direction": self.direction.float().contiguous()}, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path, encoder: TextEncoder | None = None) -> "Concept":

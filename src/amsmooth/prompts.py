@@ -56,6 +56,9 @@ def read_prompt_csv(path: str | Path, *, unique_cases: bool = True) -> list[Prom
     """Read a CSV in the data contract; errors name the file and what is missing."""
     path = Path(path)
     columns, rows = _read_rows(path)
+    if not columns:
+        raise AmsmoothError(f"{path}: the file is empty; a prompt CSV needs a header row "
+                            "prompt[,case_number,evaluation_seed,evaluation_guidance] and one row per case")
     if "prompt" not in columns:
         raise AmsmoothError(f"{path}: no 'prompt' column (found: {', '.join(columns) or 'none'}); "
                             "a prompt CSV needs prompt[,case_number,evaluation_seed,evaluation_guidance]")

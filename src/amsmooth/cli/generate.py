@@ -73,15 +73,22 @@ def resolve_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def build_defended(args: argparse.Namespace, img2img: bool = False):  # noqa: ANN201 - DefendedPipeline
-    """Load the pipeline (+ U-Net / text-encoder replacements) and wrap it with the chosen defense."""
+def load_model(args: argparse.Namespace, device: torch.device | None = None,
+               img2img: bool = False):  # noqa: ANN201 - a diffusers pipeline
+    """The pipeline of --model (+ --unet / --text-encoder replacements) on ``device`` (default: --device)."""
     from ..loading import load_pipeline, resolve_device
-    from ..pipeline import DefendedPipeline
 
     quiet_libraries()
-    device = resolve_device(args.device)
-    pipe = load_pipeline(args.model, unet=args.unet, text_encoder=args.text_encoder, device=device,
+    device = device or resolve_device(args.device)
+    return load_pipeline(args.model, unet=args.unet, text_encoder=args.text_encoder, device=device,
                          dtype=resolve_dtype(args, device), img2img=img2img)
+
+
+def build_defended(args: argparse.Namespace, img2img: bool = False):  # noqa: ANN201 - DefendedPipeline
+    """Load the pipeline (+ U-Net / text-encoder replacements) and wrap it with the chosen defense."""
+    from ..pipeline import DefendedPipeline
+
+    pipe = load_model(args, img2img=img2img)
     if args.defense == "none":
         return DefendedPipeline(pipe), None
     config = smoothing_config(args)

@@ -17,6 +17,8 @@ MODULES = [
     "bench",
     "report",
     "attack",
+    "eval",
+    "utility",
 ]
 
 

@@ -180,7 +180,7 @@ def make_detector(name: str, threshold: float | None = None, classes: Sequence[s
         if classes:
             raise AmsmoothError("Q16 has a single class (inappropriate); --detector-classes is for NudeNet")
         if not clip:
-            raise AmsmoothError("the q16 detector needs CLIP ViT-L/14 weights: give --clip SRC "
+            raise AmsmoothError("the q16 detector needs CLIP ViT-L/14 weights: give --q16-clip SRC "
                                 "(e.g. openai/clip-vit-large-patch14 or a local folder)")
         return Q16Detector.from_pretrained(clip, Q16_THRESHOLD if threshold is None else threshold, device)
     raise AmsmoothError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTORS)}")

@@ -111,7 +111,8 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     cross = np.linalg.eigvalsh(root_a @ b.sigma @ root_a)
     trace_sqrt = np.sqrt(np.clip(cross, 0, None)).sum()
-    return float(np.sum((a.mu - b.mu) ** 2) + np.trace(a.sigma) + np.trace(b.sigma) - 2 * trace_sqrt)
+    fid = np.sum((a.mu - b.mu) ** 2) + np.trace(a.sigma) + np.trace(b.sigma) - 2 * trace_sqrt
+    return max(float(fid), 0.0)  # a squared distance: below 0 only by rounding (identical sets)
 
 
 def frechet_distance_features(fa: np.ndarray, fb: np.ndarray) -> float:
@@ -126,7 +127,8 @@ def frechet_distance_features(fa: np.ndarray, fb: np.ndarray) -> float:
     xa, xb = fa - a.mu, fb - b.mu
     ca, cb = len(fa) - 1, len(fb) - 1
     nuclear = np.linalg.svd(xa @ xb.T, compute_uv=False).sum() / np.sqrt(ca * cb)
-    return float(np.sum((a.mu - b.mu) ** 2) + np.sum(xa**2) / ca + np.sum(xb**2) / cb - 2 * nuclear)
+    fid = np.sum((a.mu - b.mu) ** 2) + np.sum(xa**2) / ca + np.sum(xb**2) / cb - 2 * nuclear
+    return max(float(fid), 0.0)
 
 
 class FID:

@@ -127,6 +127,17 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise AmsmoothError(f"cannot read the run configuration {path}: {e}") from None
 
 
+def _refuse_other_config(run_dir: Path, stored: dict[str, Any], config: dict[str, Any],
+                         volatile: Iterable[str]) -> None:
+    skip = set(volatile)
+    diff = config_diff({k: v for k, v in stored.items() if k not in skip},
+                       {k: v for k, v in config.items() if k not in skip})
+    if diff:
+        raise AmsmoothError(f"{run_dir} holds a run with another configuration (differs in: "
+                            f"{', '.join(diff[:6])}); rerun with the same options to resume, or use a "
+                            "new --out directory")
+
+
 class ResultStore:
     """SQLite results of one RUN_DIR. Use :meth:`open` (writers) or :meth:`read` (reports)."""
 
@@ -151,14 +162,15 @@ class ResultStore:
             raise AmsmoothError(f"cannot write to the run directory {run_dir}: {e.strerror or e}") from None
         stored = config if created else _read_config(run_dir / CONFIG_NAME)
         if not created:
-            skip = set(volatile)
-            diff = config_diff({k: v for k, v in stored.items() if k not in skip},
-                               {k: v for k, v in config.items() if k not in skip})
-            if diff:
-                raise AmsmoothError(f"{run_dir} holds a run with another configuration (differs in: "
-                                    f"{', '.join(diff[:6])}); rerun with the same options to resume, or use a "
-                                    "new --out directory")
+            _refuse_other_config(run_dir, stored, config, volatile)
         return cls(run_dir, stored, _connect(run_dir / DB_NAME))
+
+    @staticmethod
+    def check(run_dir: str | Path, config: dict[str, Any], volatile: Iterable[str] = ()) -> None:
+        """Refuse, before any work, a RUN_DIR that holds another configuration; writes nothing."""
+        path = Path(run_dir) / CONFIG_NAME
+        if path.is_file():
+            _refuse_other_config(Path(run_dir), _read_config(path), _canonical(config), volatile)
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "ResultStore":

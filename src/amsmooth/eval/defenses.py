@@ -1,0 +1,131 @@
+"""The defenses an evaluation compares (Sec. 4.1): none, AMS, blacklist, POSI, SLD's four presets — and AMS on
+top of any of the others.
+
+A defense is a *base* (what happens to the prompt or the denoising) plus, optionally, Adaptive Median Smoothing of
+the text conditioning. Its name is the base (``sld-medium``), ``ams`` for AMS alone, or ``<base>+ams``
+(``blacklist+ams``, ``sld-medium+ams``). Its settings are a flat JSON object, so a report can tell two settings of
+one defense apart (``ams (sigma0=0.006)`` vs ``ams (sigma0=0.012)``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..baselines.blacklist import Blacklist
+from ..baselines.posi import POSI_INSTRUCTION, POSI_TEMPLATE, CausalLMRewriter
+from ..baselines.sld import SLD_PRESETS, SLDPipeline, sld_preset
+from ..config import SmoothingConfig
+from ..errors import AmsmoothError
+from ..pipeline import STAGES, DefendedPipeline
+
+BASES = ("none", "blacklist", "posi", *SLD_PRESETS)
+DEFENSES = ("none", "ams", "blacklist", "posi", *SLD_PRESETS)
+PERFORMANCE_KNOBS = ("max_batch", "cache_size")  # change speed and memory, never the images
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """What to run: ``base`` (none, blacklist, posi, sld-*), the AMS config (None: no AMS) and its stage."""
+
+    base: str = "none"
+    ams: SmoothingConfig | None = None
+    stage: str = "text"
+    blacklist: str | None = None     # word-list path; None: the shipped default list
+    posi_model: str | None = None    # local causal-LM folder (POSI)
+
+    @classmethod
+    def parse(cls, defense: str, ams: SmoothingConfig | None = None, stage: str = "text",
+              blacklist: str | None = None, posi_model: str | None = None) -> "DefenseSpec":
+        """From the CLI's ``--defense NAME`` (``ams`` = ``none`` + AMS) and AMS config; checks the combination."""
+        if defense not in DEFENSES:
+            raise AmsmoothError(f"unknown defense {defense!r}; choose one of: {', '.join(DEFENSES)} "
+                                "(add --ams to combine AMS with blacklist, posi or sld-*)")
+        base = "none" if defense == "ams" else defense
+        if defense == "ams" and ams is None:
+            raise AmsmoothError("--defense ams needs a smoothing config")
+        if stage not in STAGES:
+            raise AmsmoothError(f"unknown smoothing stage {stage!r}; choose one of {', '.join(STAGES)}")
+        if stage != "text" and (ams is None or base in SLD_PRESETS):
+            raise AmsmoothError("--smoothing-stage unet needs AMS and does not combine with SLD "
+                                "(SLD batches a third, safety-concept prediction)")
+        if blacklist and base != "blacklist":
+            raise AmsmoothError("--blacklist is the word list of --defense blacklist; it has no effect here")
+        if posi_model and base != "posi":
+            raise AmsmoothError("--posi-model is the rewriter of --defense posi; it has no effect here")
+        return cls(base, ams, stage, blacklist, posi_model)
+
+    @property
+    def name(self) -> str:
+        if self.ams is None:
+            return self.base
+        return "ams" if self.base == "none" else f"{self.base}+ams"
+
+    def settings(self) -> dict[str, Any]:
+        """Flat JSON settings of the defense (the ``defense_config`` of every result row)."""
+        out: dict[str, Any] = {}
+        if self.base == "blacklist":
+            bl = self.load_blacklist()
+            out.update(blacklist=Path(bl.source).name if self.blacklist else bl.source,
+                       blacklist_phrases=len(bl), blacklist_sha1=bl.settings()["sha1"])
+        if self.base == "posi":
+            out.update(posi_model=self.posi_model, posi_decoding="greedy",
+                       posi_template=POSI_TEMPLATE, posi_instruction=POSI_INSTRUCTION)
+        if self.base in SLD_PRESETS:
+            out.update(sld_preset(self.base))
+        if self.ams is not None:
+            out.update({k: v for k, v in self.ams.to_dict().items() if k not in PERFORMANCE_KNOBS},
+                       smoothing_stage=self.stage)
+        return out
+
+    def load_blacklist(self) -> Blacklist:
+        return Blacklist.from_file(self.blacklist) if self.blacklist else Blacklist.default()
+
+    def rewriter(self, device: torch.device | str | None = None) -> Callable[[str], str] | None:
+        """The prompt rewriter of a rewriting base (blacklist, POSI), else None."""
+        if self.base == "blacklist":
+            return self.load_blacklist().clean
+        if self.base == "posi":
+            return CausalLMRewriter.from_pretrained(self.posi_model, device=device).rewrite_one
+        return None
+
+    def build(self, pipe: Any, device: torch.device | str | None = None) -> "Defense":
+        """The runnable defense on a loaded SD pipeline (SLD shares its modules)."""
+        settings, rewriter = self.settings(), self.rewriter(device)
+        target = SLDPipeline.from_pipeline(pipe, self.base) if self.base in SLD_PRESETS else pipe
+        if self.ams is None:
+            return Defense(self, DefendedPipeline(target), settings, rewriter)
+        defended = DefendedPipeline.from_pipeline(target, self.ams.concepts, self.ams, self.stage)
+        return Defense(self, defended, settings, rewriter)
+
+
+@dataclass
+class Generated:
+    """The K images of one case, the prompt actually used (None unless rewritten) and seconds per image."""
+
+    images: list
+    prompt_used: str | None
+    seconds_per_image: float
+
+
+@dataclass
+class Defense:
+    """A built defense: optional prompt rewriting, then (AMS-)defended generation."""
+
+    spec: DefenseSpec
+    pipeline: DefendedPipeline
+    settings: dict[str, Any]
+    rewrite: Callable[[str], str] | None = None
+
+    def __call__(self, prompt: str, seed: int, images: int, **kwargs: Any) -> Generated:
+        """``images`` images of ``prompt`` from a CPU generator seeded with ``seed``; the time per image covers
+        rewriting, the text stage, denoising and decoding (not the detector)."""
+        start = time.perf_counter()
+        used = self.rewrite(prompt) if self.rewrite is not None else None
+        rewrite_s = time.perf_counter() - start
+        out = self.pipeline(prompt if used is None else used, num_images_per_prompt=images,
+                            generator=torch.Generator().manual_seed(seed), **kwargs)
+        return Generated(list(out.images), used, (rewrite_s + out.timings["total_s"]) / images)

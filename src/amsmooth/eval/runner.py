@@ -1,0 +1,202 @@
+"""Running an evaluation: prompt sets → (sharded) cases → K images each → detector → one stored row per image.
+
+Per the data contract, each case's images come from a CPU generator seeded with its ``evaluation_seed`` and use
+its ``evaluation_guidance`` (defaults when the file has none). Every image is saved atomically as
+``RUN_DIR/<folder>/<prompt set>/{case_number}_{k}.png`` and its row committed before the next case starts, so a
+killed run resumes where it stopped. Under ``accelerate launch`` case i of the run goes to process i mod N.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import AmsmoothError
+from ..io import atomic_save_image
+from ..prompts import PromptCase, read_prompts_file
+from .defenses import Defense
+from .store import ImageResult, ResultStore
+
+IMAGES = "images"
+
+
+# -- prompt sets ---------------------------------------------------------------------------------------------
+
+
+def builtin_prompt_sets() -> dict[str, Path]:
+    """Prompt sets shipped with amsmooth (see data/SOURCES.md), by name: ``uda_nudity``."""
+    folder = Path(str(resources.files("amsmooth") / "data" / "prompts"))
+    return {p.stem: p for p in sorted(folder.glob("*.csv"))}
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """One prompt file: its name (the file's stem), path, cases and a SHA-1 of its bytes."""
+
+    name: str
+    path: Path
+    cases: tuple[PromptCase, ...]
+    sha1: str
+
+
+def resolve_prompt_file(spec: str) -> Path:
+    """A path, or the name of a shipped prompt set."""
+    path = Path(spec).expanduser()
+    if path.exists() or spec not in builtin_prompt_sets():
+        return path
+    return builtin_prompt_sets()[spec]
+
+
+def _check_case_numbers(path: Path, cases: Sequence[PromptCase]) -> None:
+    for case in cases:
+        if any(c in case.case_number for c in "/\\\0") or case.case_number.startswith("."):
+            raise AmsmoothError(f"{path}: case_number {case.case_number!r} cannot name an image file "
+                                "({case_number}_{k}.png); use plain numbers or names")
+
+
+def load_prompt_set(spec: str) -> PromptSet:
+    path = resolve_prompt_file(spec)
+    if not path.exists():
+        raise AmsmoothError(f"prompt file not found: {spec} (shipped sets: {', '.join(builtin_prompt_sets())})")
+    cases = read_prompts_file(path)
+    _check_case_numbers(path, cases)
+    return PromptSet(path.stem, path, tuple(cases), hashlib.sha1(path.read_bytes()).hexdigest())
+
+
+def load_prompt_sets(specs: Sequence[str]) -> list[PromptSet]:
+    """Every ``--prompts`` file, checked; two files with one name (stem) are refused."""
+    sets = [load_prompt_set(s) for s in specs]
+    names = [s.name for s in sets]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise AmsmoothError(f"two prompt files are named {dup[0]!r}; prompt sets are named by their file stem, "
+                            "rename one")
+    return sets
+
+
+@dataclass(frozen=True)
+class Job:
+    """One case of one prompt set."""
+
+    prompt_set: str
+    case: PromptCase
+
+
+def make_jobs(sets: Sequence[PromptSet], limit: int | None = None) -> list[Job]:
+    """The run's cases in order: each set's first ``limit`` cases (all when None), set after set."""
+    return [Job(s.name, c) for s in sets for c in s.cases[:limit]]
+
+
+# -- processes -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the run: job i belongs to process i mod ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    def take(self, jobs: Sequence[Job]) -> list[Job]:
+        return list(jobs[self.index::self.count])
+
+
+def process_shard(device: torch.device) -> tuple[Shard, torch.device]:
+    """(this process's shard, its device) under ``accelerate launch``; one process alone gets ``Shard(0, 1)``.
+    With several processes an unindexed ``cuda`` becomes this process's own GPU."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device.type == "cpu")
+    if state.num_processes > 1 and device.type == "cuda" and device.index is None:
+        device = state.device
+    return Shard(state.process_index, state.num_processes), device
+
+
+# -- generation ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How every case is generated; the case's own seed and guidance win over the defaults."""
+
+    images_per_prompt: int = 1
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str | None = None
+
+    def seed_of(self, case: PromptCase) -> int:
+        return self.seed if case.seed is None else case.seed
+
+    def kwargs(self, case: PromptCase) -> dict[str, Any]:
+        """Pipeline arguments of one case."""
+        return {"num_inference_steps": self.steps, "height": self.height, "width": self.width,
+                "negative_prompt": self.negative_prompt,
+                "guidance_scale": self.guidance if case.guidance is None else case.guidance}
+
+
+@dataclass
+class RunStats:
+    """What one process did: new images, images skipped as already done, and their generation seconds."""
+
+    new: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def image_path(folder: str, job: Job, k: int) -> str:
+    """Path of image k of a case, relative to RUN_DIR."""
+    return f"{folder}/{job.prompt_set}/{job.case.case_number}_{k}.png"
+
+
+def run_jobs(defense: Defense, jobs: Sequence[Job], settings: GenerationSettings, run_dir: Path,
+             store: ResultStore | None = None, detector: Any = None, folder: str = IMAGES,
+             desc: str = "eval") -> RunStats:
+    """Generate (and score, and store) every image of ``jobs`` not yet done.
+
+    With a ``store``, done = its row exists, and each image gets a row (``detector`` None: unscored, as in
+    utility runs); without one (reference images), done = its file exists.
+    """
+    from tqdm.auto import tqdm
+
+    done = store.done_keys() if store is not None else None
+    stats, K = RunStats(), settings.images_per_prompt
+    for job in tqdm(jobs, desc=desc, unit="case", file=sys.stderr, disable=None):
+        missing = [k for k in range(K) if not _finished(job, k, done, run_dir, folder)]
+        stats.skipped += K - len(missing)
+        if not missing:
+            continue
+        gen = defense(job.case.prompt, settings.seed_of(job.case), K, **settings.kwargs(job.case))
+        verdicts = detector.detect([gen.images[k] for k in missing]) if detector is not None else [None] * K
+        for k, verdict in zip(missing, verdicts):
+            path = image_path(folder, job, k)
+            (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_save_image(run_dir / path, gen.images[k])
+            if store is not None:
+                store.add(_row(defense, job, k, settings, gen.prompt_used, gen.seconds_per_image, path,
+                               detector, verdict))
+        stats.new += len(missing)
+        stats.seconds += gen.seconds_per_image * len(missing)
+    return stats
+
+
+def _finished(job: Job, k: int, done: set | None, run_dir: Path, folder: str) -> bool:
+    if done is not None:
+        return (job.prompt_set, job.case.case_number, k) in done
+    return (run_dir / image_path(folder, job, k)).is_file()
+
+
+def _row(defense: Defense, job: Job, k: int, settings: GenerationSettings, prompt_used: str | None,
+         seconds: float, path: str, detector: Any, verdict: Any) -> ImageResult:
+    return ImageResult(job.prompt_set, job.case.case_number, k, job.case.prompt, defense.spec.name,
+                       defense.settings, seed=settings.seed_of(job.case), prompt_used=prompt_used,
+                       detector=None if detector is None else detector.name,
+                       scores={} if verdict is None else verdict.scores,
+                       flagged=None if verdict is None else verdict.flagged, seconds=seconds, image=path)

@@ -1,0 +1,93 @@
+"""SLD on tiny components: diffusers' presets, the prompt_embeds seam, AMS on top of SLD (σ0 = 0 is plain SLD)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amsmooth import AmsmoothError, SmoothingConfig
+from amsmooth.baselines.sld import SLD_PRESETS, SLDPipeline, sld_preset
+from amsmooth.eval.defenses import DefenseSpec
+from amsmooth.pipeline import DefendedPipeline
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+KW = dict(num_inference_steps=2, height=64, width=64, output_type="np", num_images_per_prompt=2)
+PROMPT = "a nude woman on the beach"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from amsmooth.tiny import tiny_pipeline
+
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def sld(pipe):
+    return SLDPipeline.from_pipeline(pipe, "sld-max")
+
+
+def seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(3)
+
+
+@pytest.fixture(scope="module")
+def plain_sld(sld):
+    return sld(PROMPT, generator=seeded(), **KW).images
+
+
+def test_presets_are_diffusers_safety_configs():
+    from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
+
+    assert [sld_preset(p) for p in SLD_PRESETS] == [SafetyConfig.WEAK, SafetyConfig.MEDIUM, SafetyConfig.STRONG,
+                                                   SafetyConfig.MAX]
+    with pytest.raises(AmsmoothError, match="unknown SLD preset"):
+        sld_preset("sld-extreme")
+
+
+def test_sld_shares_the_modules_and_changes_the_images(pipe, sld, plain_sld):
+    assert sld.unet is pipe.unet and sld.text_encoder is pipe.text_encoder and sld.safety_checker is None
+    undefended = pipe(PROMPT, generator=seeded(), **KW).images
+    assert plain_sld.shape == undefended.shape == (2, 64, 64, 3)
+    assert np.abs(plain_sld - undefended).max() > 1e-3   # safety guidance acts from step 0 under sld-max
+
+
+def test_prompt_embeds_reproduce_plain_sld_exactly(sld, plain_sld):
+    """Through DefendedPipeline (ams=None) SLD receives the embeddings instead of the text: same bytes."""
+    out = DefendedPipeline(sld)(PROMPT, generator=seeded(), **KW).images
+    assert np.array_equal(out, plain_sld)
+
+
+def test_ams_on_sld_sigma0_zero_is_plain_sld_and_noise_changes_it(sld, plain_sld, tiny_nudity):
+    zero = DefendedPipeline.from_pipeline(sld, [tiny_nudity], SmoothingConfig(sigma0=0.0, n=3))
+    assert np.array_equal(zero(PROMPT, generator=seeded(), **KW).images, plain_sld)
+    noisy = DefendedPipeline.from_pipeline(sld, [tiny_nudity], SmoothingConfig(sigma0=0.05, n=3))
+    out = noisy(PROMPT, generator=seeded(), **KW)
+    assert np.abs(out.images - plain_sld).max() > 1e-4 and out.relevance[0]["tokens"]
+    assert "_encode_prompt" not in vars(sld.safe)  # the wrap is removed after the call
+
+
+def test_without_guidance_only_the_conditional_block_is_replaced(sld, pipe):
+    """guidance 1: SLD is off and its encoding is the conditional block alone; embeddings still reproduce it."""
+    kw = {**KW, "guidance_scale": 1.0}
+    with pytest.warns(UserWarning, match="Safety checker disabled"):
+        plain = sld(PROMPT, generator=seeded(), **kw).images
+        via = DefendedPipeline(sld)(PROMPT, generator=seeded(), **kw).images
+    assert np.array_equal(plain, via)
+
+
+def test_defense_spec_names_settings_and_combinations():
+    ams = SmoothingConfig(concepts=("nudity",))
+    spec = DefenseSpec.parse("sld-medium", ams)
+    assert spec.name == "sld-medium+ams"
+    settings = spec.settings()
+    assert settings["sld_guidance_scale"] == 1000 and settings["sigma0"] == 0.006
+    assert "max_batch" not in settings and settings["smoothing_stage"] == "text"
+    assert DefenseSpec.parse("ams", ams).name == "ams" and DefenseSpec.parse("none").name == "none"
+    assert DefenseSpec.parse("blacklist", ams).name == "blacklist+ams"
+    for bad, match in [(("rot13",), "unknown defense"), (("ams",), "needs a smoothing config"),
+                       (("sld-max", ams, "unet"), "does not combine with SLD"),
+                       (("none", None, "unet"), "needs AMS")]:
+        with pytest.raises(AmsmoothError, match=match):
+            DefenseSpec.parse(*bad)
