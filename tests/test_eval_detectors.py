@@ -103,7 +103,7 @@ def test_nudenet_bad_options():
         NudeNetDetector(threshold=1.5)
     with pytest.raises(AmsmoothError, match="unknown detector 'nsfw'"):
         make_detector("nsfw")
-    with pytest.raises(AmsmoothError, match="--clip"):
+    with pytest.raises(AmsmoothError, match="--q16-clip SRC"):
         make_detector("q16")
 
 
