@@ -31,3 +31,12 @@ def test_report_prints_projected_line():
     text = format_report(r)
     assert "projected 512 px / 50 steps: AMS +0.89 %" in text
     assert "| AMS (ours) | 10.500 | 1.0500 | 0 | 1.050 |" in text
+
+
+def test_profile_shows_the_text_stage_ops():
+    from amsmooth.bench import profile_text_stage
+    from amsmooth.tiny import tiny_text_encoder
+
+    table = profile_text_stage(tiny_text_encoder(), n=3)
+    for op in ("aten::addmm", "aten::median", "Self CPU time total"):   # encoder matmuls, the median, the total
+        assert op in table

@@ -30,23 +30,33 @@ def sd15_dir() -> Path:
     return Path(str(resources.files("amsmooth") / "data" / "sd15"))
 
 
-def build_sd15(device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict[str, Any]:
-    """Random-weight SD-1.5 components (real sizes: 860M U-Net, 123M CLIP ViT-L/14 text encoder, 84M VAE)."""
+def _sd15_config(name: str) -> dict:
+    return json.loads((sd15_dir() / name / "config.json").read_text())
+
+
+def build_sd15(device: torch.device, dtype: torch.dtype, seed: int = 0,
+               text_only: bool = False) -> dict[str, Any]:
+    """Random-weight SD-1.5 components (real sizes: 860M U-Net, 123M CLIP ViT-L/14 text encoder, 84M VAE).
+
+    ``text_only``: the text encoder and tokenizer alone (for profiling the text stage).
+    """
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .tiny import tiny_tokenizer
 
-    def cfg(name: str) -> dict:
-        return json.loads((sd15_dir() / name / "config.json").read_text())
-
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(seed)
-        te_cfg = {k: v for k, v in cfg("text_encoder").items() if not k.startswith("_") and k != "architectures"}
-        parts = {"unet": UNet2DConditionModel.from_config(cfg("unet")), "vae": AutoencoderKL.from_config(cfg("vae")),
-                 "text_encoder": CLIPTextModel(CLIPTextConfig(**te_cfg))}
+        te_cfg = {k: v for k, v in _sd15_config("text_encoder").items()
+                  if not k.startswith("_") and k != "architectures"}
+        parts = {"text_encoder": CLIPTextModel(CLIPTextConfig(**te_cfg))}
+        if not text_only:
+            parts["unet"] = UNet2DConditionModel.from_config(_sd15_config("unet"))
+            parts["vae"] = AutoencoderKL.from_config(_sd15_config("vae"))
     parts = {k: v.to(device, dtype).eval() for k, v in parts.items()}
+    if text_only:
+        return {**parts, "tokenizer": tiny_tokenizer()}
     sched = json.loads((sd15_dir() / "scheduler" / "scheduler_config.json").read_text())
     return {**parts, "tokenizer": tiny_tokenizer(), "scheduler": PNDMScheduler.from_config(sched),
             "safety_checker": None, "feature_extractor": None}
@@ -239,6 +249,32 @@ def run_benchmark(quick: bool = True, device: str = "cpu", dtype: torch.dtype = 
     log("batch of 16 prompts …")
     report.batch16 = text_stage_times(enc, concept, BATCH_PROMPTS, dev, n)
     return report
+
+
+def sd15_text_encoder(device: str = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
+    """The random-weight SD-1.5 CLIP text encoder (real size) as a ``TextEncoder``."""
+    comps = build_sd15(torch.device(device), dtype, text_only=True)
+    return TextEncoder(comps["text_encoder"], comps["tokenizer"], name="sd15-random")
+
+
+def profile_text_stage(enc: TextEncoder, n: int = 13, prompts: list[str] | None = None, rows: int = 20) -> str:
+    """torch.profiler table (top ``rows`` ops by self time) of one cold AMS ``encode`` with the nudity concept.
+
+    Cold: relevance with an empty word cache, the n noisy encodings and the median, after one warm-up call.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    concept = Concept.builtin("nudity", enc)
+    prompts = prompts or [PROMPT]
+    _ams(enc, concept, n=n).encode(prompts, generator=torch.Generator().manual_seed(0))     # warm-up
+    ams = _ams(enc, concept, n=n)                                                           # cold word cache
+    cuda = enc.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        ams.encode(prompts, generator=torch.Generator().manual_seed(0))
+        _sync(enc.device)
+    return prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                     row_limit=rows)
 
 
 def _pct(a: float, b: float) -> str:

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unet-repeat", type=int, help="U-Net timing repeats (median)")
     p.add_argument("--n", type=int, default=13)
     p.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
+    p.add_argument("--profile", action="store_true", help="only profile the AMS text stage (torch.profiler "
+                                                          "table of the top ops) instead of the benchmark")
     p.set_defaults(func=run)
 
 
@@ -39,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or (args.e2e_steps is not None and args.e2e_steps < 1):
         raise AmsmoothError("steps must be >= 1")
     quiet_libraries()
+    if args.profile:
+        from ..bench import profile_text_stage, sd15_text_encoder
+
+        print(profile_text_stage(sd15_text_encoder(args.device, DTYPES[args.dtype]), args.n))
+        return 0
     report = run_benchmark(args.quick, args.device, DTYPES[args.dtype], args.size, args.steps, args.e2e_size,
                            args.e2e_steps, args.unet_repeat, args.n, log=lambda m: print(m, file=sys.stderr))
     print(format_report(report))
