@@ -164,7 +164,7 @@ def test_genetic_operators_keep_shape_and_vocabulary(vocab):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"budget": 0}, "budget"), ({"budget": -2}, "budget"), ({"iterations": 0}, "iterations"),
-    ({"mode": "prepend"}, "mode"), ({"loss": "l1"}, "loss"), ({"eot_samples": 0}, "eot_samples"),
+    ({"mode": "sideways"}, "mode"), ({"loss": "l1"}, "loss"), ({"eot_samples": 0}, "eot_samples"),
     ({"population": 1}, "population"), ({"mutation_rate": 1.5}, "mutation_rate"),
 ])
 def test_bad_settings_are_one_clear_error(kwargs, match):
