@@ -68,12 +68,13 @@ class DenoisingObjective(ConditioningObjective):
         return super().rows_per_candidate * max(self.timesteps_per_step, self.eval_timesteps)
 
     def draw(self, generator: torch.Generator | None, count: int | None = None) -> UNetDraw:
-        """Smoothing noise (if adaptive), then ``count`` timesteps t ~ U{0..T−1} and noises ε ~ N(0, I) (CPU draws)."""
-        z = super().draw(generator)
+        """``count`` timesteps t ~ U{0..T−1} and noises ε ~ N(0, I), then the smoothing noise if adaptive (CPU
+        draws: a plain and an adaptive objective get the same (t, ε) from the same generator state)."""
         S = count or self.timesteps_per_step
         T = int(self.scheduler.config.num_train_timesteps)
         t = torch.randint(T, (S,), generator=generator).to(self.device)
         eps = torch.randn((S, *self.x0.shape[1:]), generator=generator).to(self.device)
+        z = super().draw(generator)
         x_t = self.scheduler.add_noise(self.x0.expand(S, -1, -1, -1), eps, t)
         if self.reference is None:
             return UNetDraw(z, t, x_t, eps)

@@ -117,7 +117,8 @@ def build_attack(args: argparse.Namespace, cases=None):  # noqa: ANN001, ANN201 
     if args.encoder is None:
         raise AmsmoothError(f"'{cls.name}' attacks the text encoder: give --encoder SRC")
     encoder = load_encoder(args.encoder, args.max_length, args.device)
-    return cls(encoder, *_concept_and_defense(args, encoder), config)
+    concept, defense = _concept_and_defense(args, encoder)
+    return cls(encoder, concept, config, smoothing=defense)
 
 
 def _concept_and_defense(args: argparse.Namespace, encoder) -> tuple:  # noqa: ANN001
