@@ -18,7 +18,7 @@ from amsmooth.prompts import PromptCase
 
 PROMPT = "a photo of a woman on the beach"
 CASE = PromptCase("3", PROMPT, seed=5)
-SMALL = dict(height=64, width=64, target_steps=2, eval_timesteps=3)
+SMALL = dict(height=64, width=64, target_steps=2, eval_timesteps=2)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_lowers_its_loss_keeps_its_budget_and_reproduces(models, tiny_nudity, vo
     fresh = _attack(which, models, tiny_nudity, vocab)            # regenerates its target too
     r2 = fresh.run_case(CASE, torch.Generator().manual_seed(0))
     assert (r2.prompt, r2.tokens, r2.history, r2.loss) == (r1.prompt, r1.tokens, r1.history, r1.loss)
-    r3 = fresh.run_case(CASE, torch.Generator().manual_seed(1))
+    r3 = _attack(which, models, tiny_nudity, vocab, iterations=1).run_case(CASE, torch.Generator().manual_seed(1))
     assert r3.tokens != r1.tokens
 
 

@@ -3,8 +3,8 @@
 An attack searches ``budget`` (K) real vocabulary tokens. ``mode="replace"``: the adversarial prompt is those K
 tokens alone (Ring-A-Bell, P4D-N); ``mode="append"``: the source prompt followed by K tokens (QF-Attack);
 ``mode="prepend"``: K tokens followed by the source prompt (UnlearnDiffAtk); the prompt is cut to fit the
-encoder's length. The target embedding is h* = T(base) + η·Δ_concept, with base the
-source prompt (or ``target_prompt``). Each ``run`` takes its own ``torch.Generator``: same seed, same prompt. The U-Net attacks
+encoder's length. The text attacks' target embedding is h* = T(base) + η·Δ_concept, with base the source prompt
+(or ``target_prompt``). Each ``run`` takes its own ``torch.Generator``: same seed, same prompt. The U-Net attacks
 (:mod:`amsmooth.attacks.unet`) reuse this skeleton with another objective.
 """
 from __future__ import annotations

@@ -97,7 +97,8 @@ class DiffusionModels:
     source: dict[str, Any] = field(default_factory=dict)     # where the weights came from (model, unet)
 
     @classmethod
-    def of(cls, pipe: Any, unet: torch.nn.Module | None = None, source: dict[str, Any] | None = None) -> "DiffusionModels":
+    def of(cls, pipe: Any, unet: torch.nn.Module | None = None,
+           source: dict[str, Any] | None = None) -> "DiffusionModels":
         """From a loaded pipeline (its U-Net is the original) and the attacked U-Net (default: the original)."""
         encoder = TextEncoder(pipe.text_encoder, pipe.tokenizer, name=type(pipe.text_encoder).__name__)
         return cls(pipe, pipe.unet if unet is None else unet, pipe.unet, encoder, dict(source or {}))

@@ -4,11 +4,16 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import AmsmoothError
-from ..prompts import read_prompts_file
+from ..prompts import PromptCase, read_prompts_file
 from .common import add_concept_args, add_encoder_args, add_smoothing_args, load_concepts, load_encoder, \
     smoothing_config
+
+if TYPE_CHECKING:
+    from ..concepts import Concept
+    from ..encoders import TextEncoder
 
 TEXT, UNET = ("rab", "qf-pgd"), ("uda", "p4d")
 # CLI option → config field, and the attacks it applies to (None: all attacks).
@@ -101,7 +106,7 @@ def _check_defense_flags(args: argparse.Namespace) -> None:
         raise AmsmoothError("--eot-samples applies to adaptive attacks only: add --adaptive")
 
 
-def build_attack(args: argparse.Namespace, cases=None):  # noqa: ANN001, ANN201 - a TextAttack
+def build_attack(args: argparse.Namespace, cases: Sequence[PromptCase] = ()):  # noqa: ANN201 - a TextAttack
     """The attack of ``args`` (text-encoder or U-Net), its defense if ``--adaptive``; ``cases`` are checked for
     target images before the model is loaded."""
     from ..attacks import UNET_ATTACKS, attack_class
@@ -110,7 +115,7 @@ def build_attack(args: argparse.Namespace, cases=None):  # noqa: ANN001, ANN201 
     config = attack_config(args, cls)
     _check_defense_flags(args)
     if cls.name in UNET_ATTACKS:
-        return build_unet_attack(args, cls, config, cases or [])
+        return build_unet_attack(args, cls, config, cases)
     if args.model is not None or args.unet is not None or args.target_images is not None:
         raise AmsmoothError(f"--model/--unet/--target-images are for the U-Net attacks (uda, p4d); '{cls.name}' "
                             "needs --encoder only")
@@ -121,7 +126,7 @@ def build_attack(args: argparse.Namespace, cases=None):  # noqa: ANN001, ANN201 
     return cls(encoder, concept, config, smoothing=defense)
 
 
-def _concept_and_defense(args: argparse.Namespace, encoder) -> tuple:  # noqa: ANN001
+def _concept_and_defense(args: argparse.Namespace, encoder: TextEncoder) -> tuple[Concept, Any]:
     """(first concept, AMS over all concepts or None): the defense's relevance needs the concepts."""
     from ..smoothing import AdaptiveMedianSmoothing
 
@@ -130,7 +135,8 @@ def _concept_and_defense(args: argparse.Namespace, encoder) -> tuple:  # noqa: A
     return concepts[0], (AdaptiveMedianSmoothing(encoder, concepts, smooth) if args.adaptive else None)
 
 
-def build_unet_attack(args: argparse.Namespace, cls: type, config, cases):  # noqa: ANN001, ANN201
+def build_unet_attack(args: argparse.Namespace, cls: type, config: Any,
+                      cases: Sequence[PromptCase]):  # noqa: ANN201 - an UnlearnDiffAtk
     """UnlearnDiffAtk / P4D on --model's pipeline with the --unet U-Net attacked."""
     from ..attacks import DiffusionModels
     from ..attacks.targets import check_target_folder
