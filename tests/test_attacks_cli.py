@@ -80,11 +80,12 @@ def test_adaptive_records_the_defense(tmp_path, prompts):
 
 @pytest.mark.parametrize("argv, message", [
     (["attack", "gcg", "--encoder", "tiny"], "unknown attack 'gcg'"),
-    (["attack", "uda", "--encoder", "tiny"], "needs --model"),
-    (["attack", "p4d", "--model", "tiny"], "needs --model"),
+    (["attack", "uda", "--encoder", "tiny"], "--encoder is for the text-encoder attacks"),
+    (["attack", "p4d"], "needs --model"),
+    (["attack", "rab", "--model", "tiny"], "are for the U-Net attacks"),
     (["attack", "rab", "--encoder", "tiny", "--budget", "0"], "budget"),
     (["attack", "rab", "--encoder", "tiny", "--iterations", "-1"], "iterations"),
-    (["attack", "rab", "--encoder", "tiny", "--step-size", "1"], "applies to 'qf-pgd' only"),
+    (["attack", "rab", "--encoder", "tiny", "--step-size", "1"], "applies to 'qf-pgd', 'uda', 'p4d' only"),
     (["attack", "rab", "--encoder", "tiny", "--preset", "esd-nudity"], "add --adaptive"),
     (["attack", "rab"], "give --encoder"),
 ])

@@ -1,4 +1,9 @@
-"""What a text-encoder attack minimizes: the distance of a candidate's conditioning to a target embedding.
+"""What an attack minimizes, as a function of a candidate prompt's conditioning, plain or through AMS.
+
+:class:`ConditioningObjective` computes the conditioning of candidate prompts (plain, or what the defended pipeline
+would use) and the gradient with respect to the searched tokens; subclasses say which loss that conditioning
+feeds: :class:`TextObjective` (text-encoder attacks) the distance to a target embedding, the U-Net attacks'
+:class:`~amsmooth.attacks.denoising.DenoisingObjective` a noise-prediction error.
 
 Plain (non-adaptive): loss(T(y), h*). Adaptive against AMS: the attacker optimizes the *defended* conditioning,
 loss(median_i T(y + G_i), h*) averaged over m independent draws of the n noise samples (expectation over
@@ -8,7 +13,7 @@ forward value is the median, the backward pass is that of the mean of the n samp
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -29,6 +34,7 @@ def cosine_loss(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mse": mse_loss, "cosine": cosine_loss}
+Draw = Any   # what ``draw`` returns: smoothing noise [m, n, L, D] or None (text), a UNetDraw (U-Net attacks)
 
 
 def concept_target(encoder: TextEncoder, prompt: str, direction: torch.Tensor, eta: float) -> torch.Tensor:
@@ -43,22 +49,30 @@ def straight_through_median(samples: torch.Tensor) -> torch.Tensor:
     return mean + (median_smooth(samples.transpose(0, 1)) - mean).detach()
 
 
-class TextObjective:
-    """loss(conditioning of ``prefix + suffix``, target) for candidate suffixes, plain or through AMS.
+class ConditioningObjective:
+    """The conditioning of candidate prompts ``prefix + suffix`` (``suffix + prefix`` when ``prepend``), plain or
+    through AMS, and a loss of it that subclasses define in :meth:`batch_losses`.
 
     ``smoothing`` set → adaptive: each candidate's conditioning is the straight-through median of n noisy
     encodings (σ from the defense's scores of that candidate), the loss averaged over ``eot_samples`` draws.
+    ``evaluation``: a fixed draw on which a search compares candidates and the result is scored (None: each
+    step's own draw is used, as the text attacks do); set by :meth:`fix_evaluation`.
     """
 
-    def __init__(self, encoder: TextEncoder, target: torch.Tensor, loss: str = "mse",
-                 smoothing: AdaptiveMedianSmoothing | None = None, eot_samples: int = 1,
-                 max_batch: int = 256) -> None:
-        if loss not in LOSSES:
-            raise AmsmoothError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+    def __init__(self, encoder: TextEncoder, smoothing: AdaptiveMedianSmoothing | None = None,
+                 eot_samples: int = 1, max_batch: int = 256, prepend: bool = False) -> None:
         if eot_samples < 1:
             raise AmsmoothError(f"eot_samples must be >= 1, got {eot_samples}")
-        self.encoder, self.target, self.loss_fn = encoder, target.float(), LOSSES[loss]
-        self.smoothing, self.eot_samples, self.max_batch = smoothing, eot_samples, max_batch
+        self.encoder, self.smoothing, self.eot_samples = encoder, smoothing, eot_samples
+        self.max_batch, self.prepend = max_batch, prepend
+        self.evaluation: Draw = None
+
+    def fix_evaluation(self, generator: torch.Generator | None) -> None:
+        """Draw the fixed evaluation set, if this objective uses one (the text objectives do not: no draw)."""
+
+    def batch_losses(self, batch: TokenizedBatch, z: Draw, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss of each candidate of ``batch`` (EOT mean): ``[B]``."""
+        raise NotImplementedError
 
     @property
     def adaptive(self) -> bool:
@@ -102,36 +116,48 @@ class TextObjective:
         h = self.encoder.encode_ids(ids, mask, noise.to(self.encoder.dtype)).reshape(B * m, n, L, D)
         return straight_through_median(h).reshape(B, m, L, D)
 
+    def losses(self, prefix: TokenizedBatch, suffixes: Sequence[Sequence[int]],
+               z: Draw) -> torch.Tensor:
+        """Losses of many candidate suffixes without gradients, chunked to ``max_batch`` encoder rows: ``[P]``."""
+        per_chunk = max(1, self.max_batch // self.rows_per_candidate)
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(suffixes), per_chunk):
+                batch = candidate_batch(self.encoder, prefix, suffixes[s:s + per_chunk], self.prepend)
+                out.append(self.batch_losses(batch, z).cpu())
+        return torch.cat(out)
+
+    def loss_and_grad(self, prefix: TokenizedBatch, suffix: Sequence[int],
+                      z: Draw) -> tuple[float, torch.Tensor]:
+        """Loss of one candidate and its gradient w.r.t. the suffix tokens' embeddings: ``(loss, [K, D])``."""
+        batch = candidate_batch(self.encoder, prefix, [suffix], self.prepend)
+        L, D = self.encoder.max_length, self.encoder.hidden_size
+        offset = torch.zeros(L, D, device=self.encoder.device, dtype=self.encoder.dtype, requires_grad=True)
+        loss = self.batch_losses(batch, z, offset)[0]
+        (grad,) = torch.autograd.grad(loss, offset)
+        start = int(batch.content_mask[0].nonzero()[0]) + (0 if self.prepend else len(prefix.content_ids[0]))
+        return float(loss.detach()), grad[start:start + len(suffix)].float()
+
+    def text_loss(self, text: str, z: Draw) -> float:
+        """The objective of a prompt as the pipeline reads it (re-tokenized from text)."""
+        with torch.no_grad():
+            return float(self.batch_losses(self.encoder.tokenize([text]), z)[0])
+
+
+class TextObjective(ConditioningObjective):
+    """loss(conditioning of the candidate, target ``[L, D]``): the text-encoder attacks' objective."""
+
+    def __init__(self, encoder: TextEncoder, target: torch.Tensor, loss: str = "mse",
+                 smoothing: AdaptiveMedianSmoothing | None = None, eot_samples: int = 1,
+                 max_batch: int = 256, prepend: bool = False) -> None:
+        if loss not in LOSSES:
+            raise AmsmoothError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+        super().__init__(encoder, smoothing, eot_samples, max_batch, prepend)
+        self.target, self.loss_fn = target.float(), LOSSES[loss]
+
     def batch_losses(self, batch: TokenizedBatch, z: torch.Tensor | None,
                      offset: torch.Tensor | None = None) -> torch.Tensor:
         """Loss of each candidate of ``batch`` (EOT mean): ``[B]``."""
         h = self.conditioning(batch, z, offset)
         B, m = h.shape[:2]
         return self.loss_fn(h.flatten(0, 1), self.target.to(h.device)).reshape(B, m).mean(1)
-
-    def losses(self, prefix: TokenizedBatch, suffixes: Sequence[Sequence[int]],
-               z: torch.Tensor | None) -> torch.Tensor:
-        """Losses of many candidate suffixes without gradients, chunked to ``max_batch`` encoder rows: ``[P]``."""
-        per_chunk = max(1, self.max_batch // self.rows_per_candidate)
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(suffixes), per_chunk):
-                batch = candidate_batch(self.encoder, prefix, suffixes[s:s + per_chunk])
-                out.append(self.batch_losses(batch, z).cpu())
-        return torch.cat(out)
-
-    def loss_and_grad(self, prefix: TokenizedBatch, suffix: Sequence[int],
-                      z: torch.Tensor | None) -> tuple[float, torch.Tensor]:
-        """Loss of one candidate and its gradient w.r.t. the suffix tokens' embeddings: ``(loss, [K, D])``."""
-        batch = candidate_batch(self.encoder, prefix, [suffix])
-        L, D = self.encoder.max_length, self.encoder.hidden_size
-        offset = torch.zeros(L, D, device=self.encoder.device, dtype=self.encoder.dtype, requires_grad=True)
-        loss = self.batch_losses(batch, z, offset)[0]
-        (grad,) = torch.autograd.grad(loss, offset)
-        start = int(batch.content_mask[0].nonzero()[0]) + len(prefix.content_ids[0])
-        return float(loss.detach()), grad[start:start + len(suffix)].float()
-
-    def text_loss(self, text: str, z: torch.Tensor | None) -> float:
-        """The objective of a prompt as the pipeline reads it (re-tokenized from text)."""
-        with torch.no_grad():
-            return float(self.batch_losses(self.encoder.tokenize([text]), z)[0])

@@ -10,6 +10,7 @@ the encoding of ``target_prompt``), by projected gradient steps in token-embeddi
 4. step e along it (Adam, step ``step_size`` × the embedding table's coordinate std) and repeat.
 
 The gradient at the projected tokens is applied to e (straight-through projection, as in PEZ, Wen et al. 2023).
+The same search drives the U-Net attacks (UnlearnDiffAtk, P4D) with their own objective.
 The original attack optimizes a relaxed one-hot choice over a character table on the simplex; this is the same
 projected-gradient idea on the token embeddings, which is what lets it run against any encoder's vocabulary.
 """
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from ..encoders import TokenizedBatch
 from ..errors import AmsmoothError
 from .base import AttackConfig, Progress, TextAttack
-from .objective import TextObjective
+from .objective import ConditioningObjective, TextObjective
 from .vocab import Vocabulary
 
 
@@ -43,10 +45,22 @@ class QFPGDConfig(AttackConfig):
             raise AmsmoothError(f"step_size must be a finite number > 0, got {self.step_size}")
 
 
-def projected_gradient_search(objective: TextObjective, prefix: TokenizedBatch, vocabulary: Vocabulary,
-                              config: QFPGDConfig, generator: torch.Generator | None,
+class GradientSearchConfig(Protocol):
+    """What :func:`projected_gradient_search` reads from an attack's config."""
+
+    budget: int
+    iterations: int
+    step_size: float
+
+
+def projected_gradient_search(objective: ConditioningObjective, prefix: TokenizedBatch, vocabulary: Vocabulary,
+                              config: GradientSearchConfig, generator: torch.Generator | None,
                               progress: Progress | None = None) -> tuple[list[int], list[float]]:
-    """Best projected K-token suffix and the best loss after each step."""
+    """Best projected K-token suffix and the best loss after each step.
+
+    Candidates are compared by their loss at the step's own draw, or on ``objective.evaluation`` when the
+    objective fixes one (U-Net attacks: the loss at one random timestep says little about the candidate).
+    """
     ids = vocabulary.sample((config.budget,), generator)
     point = vocabulary.embed(ids).clone().requires_grad_(True)              # e: [K, D]
     opt = torch.optim.Adam([point], lr=config.step_size * vocabulary.scale)
@@ -54,6 +68,8 @@ def projected_gradient_search(objective: TextObjective, prefix: TokenizedBatch, 
     for t in range(config.iterations):
         z = objective.draw(generator)                                      # adaptive: fresh smoothing noise
         loss, grad = objective.loss_and_grad(prefix, ids.tolist(), z)     # at the projected tokens
+        if objective.evaluation is not None:
+            loss = float(objective.losses(prefix, [ids.tolist()], objective.evaluation)[0])
         if loss < best:
             best, best_ids = loss, ids.clone()
         history.append(best)

@@ -37,9 +37,11 @@ def _tensor_sha(t: torch.Tensor) -> str:
 
 
 def attack_settings(attack: TextAttack, seed: int) -> dict[str, Any]:
-    """Everything that determines the rows: attack, its config, seed, encoder, concept(s), defense if adaptive."""
+    """Everything that determines the rows: attack, its config, seed, encoder, concept(s), defense if adaptive
+    (and, for the U-Net attacks, the models and target images)."""
     smoothing = attack.smoothing
     return {
+        **attack.settings(),
         "format": FORMAT, "attack": attack.name, "adaptive": attack.adaptive, "seed": seed,
         "config": attack.config.to_dict(), "encoder": attack.encoder.fingerprint(),
         "concept": {"name": attack.concept.name, "direction_sha256": _tensor_sha(attack.concept.direction)},
@@ -129,7 +131,7 @@ def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Pat
             inner.update(step - inner.n)
             inner.set_postfix(loss=f"{best:.4g}")
 
-        result = attack.run(case.prompt, torch.Generator().manual_seed(case_seed(seed, case.case_number)), tick)
+        result = attack.run_case(case, torch.Generator().manual_seed(case_seed(seed, case.case_number)), tick)
         inner.close()
         append_row(out, result_row(case, attack, result, settings_json), header)
         header = False

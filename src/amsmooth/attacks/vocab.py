@@ -75,14 +75,17 @@ def content_start(encoder: TextEncoder) -> int:
     return int(encoder.tokenize(["a"]).content_mask[0].nonzero()[0])
 
 
-def candidate_batch(encoder: TextEncoder, prefix: TokenizedBatch, suffixes: Sequence[Sequence[int]]) -> TokenizedBatch:
-    """Prompts ``prefix tokens + suffix`` for each suffix, as a batch ``[B, L]`` built from ids (no re-tokenizing).
+def candidate_batch(encoder: TextEncoder, prefix: TokenizedBatch, suffixes: Sequence[Sequence[int]],
+                    prepend: bool = False) -> TokenizedBatch:
+    """Prompts ``prefix tokens + suffix`` for each suffix (``suffix + prefix tokens`` when ``prepend``), as a batch
+    ``[B, L]`` built from ids (no re-tokenizing).
 
     ``prefix`` is the one-prompt tokenization of the kept prompt part (possibly empty). Each suffix token is one
     word, which holds for the tokens of :class:`Vocabulary`.
     """
     base = list(prefix.content_ids[0])
-    contents = [base + [int(t) for t in s] for s in suffixes]
+    adv = [[int(t) for t in s] for s in suffixes]
+    contents = [a + base for a in adv] if prepend else [base + a for a in adv]
     if any(len(c) > encoder.max_content for c in contents):
         raise AmsmoothError(f"candidate longer than the encoder's {encoder.max_content} prompt tokens")
     input_ids, mask = encoder.build_ids(contents)
@@ -90,11 +93,15 @@ def candidate_batch(encoder: TextEncoder, prefix: TokenizedBatch, suffixes: Sequ
     content_mask = torch.zeros(B, L, dtype=torch.bool)
     word_index = torch.full((B, L), -1, dtype=torch.long)
     prefix_words = prefix.word_index[0, start:start + len(base)]
-    first_new = int(prefix_words.max()) + 1 if len(base) else 0
-    for b, c in enumerate(contents):
+    for b, (c, a) in enumerate(zip(contents, adv)):
         content_mask[b, start:start + len(c)] = True
-        word_index[b, start:start + len(base)] = prefix_words
-        word_index[b, start + len(base):start + len(c)] = torch.arange(first_new, first_new + len(c) - len(base))
+        if prepend:   # K one-token words, then the prompt's words numbered after them
+            word_index[b, start:start + len(a)] = torch.arange(len(a))
+            word_index[b, start + len(a):start + len(c)] = prefix_words + len(a)
+        else:
+            first_new = int(prefix_words.max()) + 1 if len(base) else 0
+            word_index[b, start:start + len(base)] = prefix_words
+            word_index[b, start + len(base):start + len(c)] = torch.arange(first_new, first_new + len(a))
     tokens = [encoder.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
     texts = [encoder.tokenizer.decode(c) for c in contents]
     return TokenizedBatch(texts, input_ids, mask, content_mask, word_index, tokens, contents, [""] * B)
