@@ -126,7 +126,7 @@ class DiffusionModels:
                 "original_fingerprint": None if self.original is None else module_fingerprint(self.original)}
 
     def default_size(self) -> int:
-        """The pipeline's default image size in pixels (SD-1.x: 512; the tiny pipeline: 128)."""
+        """The pipeline's default image size in pixels (SD-1.x: 512; the tiny pipeline: 64)."""
         return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
 
 
