@@ -23,10 +23,9 @@ def coco_prompts(k: int) -> list[str]:
 
 def load(name: str) -> TextEncoder:
     if name == "sd15-random":
-        from amsmooth.bench import build_sd15
+        from amsmooth.bench import sd15_text_encoder
 
-        comps = build_sd15(torch.device("cpu"), torch.float32)
-        return TextEncoder(comps["text_encoder"], comps["tokenizer"], name="sd15-random")
+        return sd15_text_encoder()
     from amsmooth.cli.common import load_encoder
 
     return load_encoder(name)
