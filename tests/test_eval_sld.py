@@ -53,6 +53,13 @@ def test_sld_shares_the_modules_and_changes_the_images(pipe, sld, plain_sld):
     assert np.abs(plain_sld - undefended).max() > 1e-3   # safety guidance acts from step 0 under sld-max
 
 
+def test_sld_keeps_the_pipelines_default_size(pipe, sld):
+    """diffusers bumps a U-Net sample_size < 64 when it builds the SLD pipeline; the shared U-Net keeps its own."""
+    assert pipe.unet.config.sample_size == sld.unet.config.sample_size == 32      # tiny: 64 px by default
+    kw = {k: v for k, v in KW.items() if k not in ("height", "width")}
+    assert sld(PROMPT, generator=seeded(), **{**kw, "num_inference_steps": 1}).images.shape[1:3] == (64, 64)
+
+
 def test_prompt_embeds_reproduce_plain_sld_exactly(sld, plain_sld):
     """Through DefendedPipeline (ams=None) SLD receives the embeddings instead of the text: same bytes."""
     out = DefendedPipeline(sld)(PROMPT, generator=seeded(), **KW).images

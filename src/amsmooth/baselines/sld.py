@@ -39,7 +39,11 @@ def safe_pipeline(pipe: Any):  # noqa: ANN201 - StableDiffusionPipelineSafe
     accepted = inspect.signature(StableDiffusionPipelineSafe.__init__).parameters
     parts = {k: v for k, v in pipe.components.items() if k in accepted}
     parts.update(safety_checker=None, feature_extractor=None)
+    sample_size = pipe.unet.config.sample_size
     safe = StableDiffusionPipelineSafe(**parts, requires_safety_checker=False)
+    # diffusers raises a shared U-Net's sample_size < 64 to 64 here (the tiny one: 64 px → 128 px images); put it
+    # back so that SLD and the other defenses generate at the same default size.
+    safe.unet.register_to_config(sample_size=sample_size)
     safe.set_progress_bar_config(disable=True)
     return safe
 
