@@ -193,22 +193,19 @@ def project(c: dict[str, float], steps: int, n: int) -> dict[str, float]:
 def end_to_end(components: dict, concept: Concept, size: int, steps: int, device: torch.device) -> tuple[dict, dict]:
     """Measured wall time per image and peak memory: undefended, AMS (cold, warm cache), SLD-Medium."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig, StableDiffusionPipelineSafe
 
+    from .baselines.sld import SLDPipeline
+    from .loading import assemble_pipeline
     from .pipeline import DefendedPipeline
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
-        sld = StableDiffusionPipelineSafe(**components, requires_safety_checker=False)
-    for p in (pipe, sld):
-        p.set_progress_bar_config(disable=True)
+    pipe = assemble_pipeline(StableDiffusionPipeline, components)
+    sld = SLDPipeline.from_pipeline(pipe, "sld-medium")
     kw = dict(num_inference_steps=steps, height=size, width=size, output_type="np")
     defended = DefendedPipeline.from_pipeline(pipe, [concept], SmoothingConfig())
     runs = {"w/o defense": lambda: pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kw),
             "AMS (ours)": lambda: defended(PROMPT, generator=torch.Generator().manual_seed(0), **kw),
             "AMS, warm word cache": lambda: defended(PROMPT, generator=torch.Generator().manual_seed(0), **kw),
-            "SLD": lambda: sld(PROMPT, generator=torch.Generator().manual_seed(0), **SafetyConfig.MEDIUM, **kw)}
+            "SLD": lambda: sld(PROMPT, generator=torch.Generator().manual_seed(0), **kw)}
     times, memory = {}, {}
     for name, fn in runs.items():
         with PeakMemory(device) as mem:
@@ -230,7 +227,7 @@ def run_benchmark(quick: bool = True, device: str = "cpu", dtype: torch.dtype = 
                      "threads": torch.get_num_threads()})
     log("building the SD-1.5 architecture with random weights …")
     comps = build_sd15(dev, dtype)
-    enc = TextEncoder(comps["text_encoder"], comps["tokenizer"], name="sd15-random")
+    enc = sd15_text_encoder(comps=comps)
     concept = Concept.builtin("nudity", enc)
     unet_step_time(comps["unet"], 2, 64, dev, 1)           # warm-up: first calls allocate and pick kernels
     log("timing the text stage …")
@@ -251,9 +248,10 @@ def run_benchmark(quick: bool = True, device: str = "cpu", dtype: torch.dtype = 
     return report
 
 
-def sd15_text_encoder(device: str = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
-    """The random-weight SD-1.5 CLIP text encoder (real size) as a ``TextEncoder``."""
-    comps = build_sd15(torch.device(device), dtype, text_only=True)
+def sd15_text_encoder(device: str = "cpu", dtype: torch.dtype = torch.float32,
+                      comps: dict[str, Any] | None = None) -> TextEncoder:
+    """The random-weight SD-1.5 CLIP text encoder (real size) as a ``TextEncoder`` (of ``comps`` if given)."""
+    comps = comps or build_sd15(torch.device(device), dtype, text_only=True)
     return TextEncoder(comps["text_encoder"], comps["tokenizer"], name="sd15-random")
 
 

@@ -9,8 +9,10 @@ Pickles are never unpickled: ``.pt`` files are read with ``torch.load(weights_on
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -73,9 +75,28 @@ def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | No
     if img2img and model != "tiny":
         from diffusers import StableDiffusionImg2ImgPipeline
 
-        pipe = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+        pipe = assemble_pipeline(StableDiffusionImg2ImgPipeline, pipe.components)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
+
+
+def assemble_pipeline(cls: type, modules: Mapping[str, Any]):  # noqa: ANN201 - an instance of cls
+    """``cls`` (a diffusers SD pipeline class) built from already loaded ``modules``, shared, not copied.
+
+    No safety checker (raw outputs), no progress bar. diffusers raises a U-Net ``sample_size`` below 64 to 64 in
+    the constructor, on the shared U-Net's config, which changes the default image size of every pipeline using
+    it (the tiny one: 64 px → 128 px); the U-Net's own value is put back.
+    """
+    accepted = inspect.signature(cls.__init__).parameters
+    parts = {k: v for k, v in modules.items() if k in accepted}
+    parts.update(safety_checker=None, feature_extractor=None)
+    sample_size = parts["unet"].config.sample_size
+    with warnings.catch_warnings():  # the warning about that sample_size
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = cls(**parts, requires_safety_checker=False)
+    pipe.unet.register_to_config(sample_size=sample_size)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None,

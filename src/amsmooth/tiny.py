@@ -6,14 +6,12 @@ runs, demos of the tooling and tests — never for results.
 from __future__ import annotations
 
 import json
-import warnings
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 TINY_SEED = 0
-TINY_LATENT = 32   # default latent side: 64 px images (VAE scale factor 2)
 
 
 def tiny_dir() -> Path:
@@ -64,17 +62,10 @@ def tiny_components(seed: int = TINY_SEED) -> dict:
 
 
 def tiny_pipeline(seed: int = TINY_SEED, img2img: bool = False):  # noqa: ANN201 - a diffusers pipeline
-    """A random tiny ``StableDiffusionPipeline`` (or the img2img one), 64 px images by default.
-
-    diffusers raises a U-Net ``sample_size`` below 64 to 64 at construction, which would make the default image
-    128 px (64×64 latents, 20× slower at 50 steps); the shipped size (32 latents → 64 px) is put back after.
-    """
+    """A random tiny ``StableDiffusionPipeline`` (or the img2img one), 64 px images by default (32-latent U-Net)."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
+    from .loading import assemble_pipeline
+
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
-    with warnings.catch_warnings():  # diffusers warns that sample_size < 64 is unusual: it is, on purpose
-        warnings.simplefilter("ignore", FutureWarning)
-        pipe = cls(**tiny_components(seed), requires_safety_checker=False)
-    pipe.unet.register_to_config(sample_size=TINY_LATENT)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(cls, tiny_components(seed))

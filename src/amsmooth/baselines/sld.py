@@ -13,7 +13,6 @@ whole denoising loop. With the embeddings of the plain prompt this reproduces pl
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Any, Iterator
 
 import torch
@@ -36,16 +35,9 @@ def safe_pipeline(pipe: Any):  # noqa: ANN201 - StableDiffusionPipelineSafe
     """``StableDiffusionPipelineSafe`` sharing ``pipe``'s modules, without a safety checker (raw outputs)."""
     from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 
-    accepted = inspect.signature(StableDiffusionPipelineSafe.__init__).parameters
-    parts = {k: v for k, v in pipe.components.items() if k in accepted}
-    parts.update(safety_checker=None, feature_extractor=None)
-    sample_size = pipe.unet.config.sample_size
-    safe = StableDiffusionPipelineSafe(**parts, requires_safety_checker=False)
-    # diffusers raises a shared U-Net's sample_size < 64 to 64 here (the tiny one: 64 px → 128 px images); put it
-    # back so that SLD and the other defenses generate at the same default size.
-    safe.unet.register_to_config(sample_size=sample_size)
-    safe.set_progress_bar_config(disable=True)
-    return safe
+    from ..loading import assemble_pipeline
+
+    return assemble_pipeline(StableDiffusionPipelineSafe, pipe.components)
 
 
 @contextlib.contextmanager
