@@ -148,7 +148,8 @@ def test_adaptive_attack_runs_through_the_defense(tiny_encoder, tiny_nudity, voc
     r2 = attack.run(PROMPT, torch.Generator().manual_seed(0))
     assert attack.adaptive and r1.prompt == r2.prompt and r1.loss == r2.loss
     assert len(r1.tokens) == attack.config.budget and r1.exact
-    assert ams.encoder.rows - before >= 2 * 3 * attack.config.iterations      # n noisy rows per evaluation
+    evaluated = getattr(attack.config, "population", 2) // 2             # new candidates per iteration (rab)
+    assert ams.encoder.rows - before >= 2 * 3 * attack.config.iterations * evaluated   # n noisy rows each
 
 
 def test_genetic_operators_keep_shape_and_vocabulary(vocab):

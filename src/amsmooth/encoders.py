@@ -184,6 +184,11 @@ class TextEncoder:
         return int(pid if pid is not None else (self._suffix or [0])[-1])
 
     @property
+    def content_start(self) -> int:
+        """Position (into L) of the first prompt token: the number of leading special tokens."""
+        return len(self._prefix)
+
+    @property
     def max_content(self) -> int:
         """How many prompt tokens fit between the special tokens."""
         return self.max_length - len(self._prefix) - len(self._suffix)

@@ -132,10 +132,15 @@ class TextAttack:
         """What, besides the config, encoder, concept and defense, determines the rows (the U-Net attacks' models)."""
         return {}
 
+    # The attack's search: (objective, prefix, vocabulary, config, generator, progress) → (best ids, history).
+    search_fn: Callable[..., tuple[list[int], list[float]]] | None = None
+
     def search(self, objective: ConditioningObjective, prefix: TokenizedBatch, generator: torch.Generator | None,
                progress: Progress | None) -> tuple[list[int], list[float]]:
-        """Best suffix token ids found and the best loss after each iteration."""
-        raise NotImplementedError
+        """Best suffix token ids found and the best loss after each iteration (the class's ``search_fn``)."""
+        if self.search_fn is None:
+            raise NotImplementedError(f"{type(self).__name__} sets no search_fn")
+        return self.search_fn(objective, prefix, self.vocabulary, self.config, generator, progress)
 
     def run(self, prompt: str, generator: torch.Generator | None = None,
             progress: Progress | None = None) -> AttackResult:

@@ -135,7 +135,7 @@ class ConditioningObjective:
         offset = torch.zeros(L, D, device=self.encoder.device, dtype=self.encoder.dtype, requires_grad=True)
         loss = self.batch_losses(batch, z, offset)[0]
         (grad,) = torch.autograd.grad(loss, offset)
-        start = int(batch.content_mask[0].nonzero()[0]) + (0 if self.prepend else len(prefix.content_ids[0]))
+        start = self.encoder.content_start + (0 if self.prepend else len(prefix.content_ids[0]))
         return float(loss.detach()), grad[start:start + len(suffix)].float()
 
     def text_loss(self, text: str, z: Draw) -> float:

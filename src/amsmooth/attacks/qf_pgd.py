@@ -25,7 +25,7 @@ import torch
 from ..encoders import TokenizedBatch
 from ..errors import AmsmoothError
 from .base import AttackConfig, Progress, TextAttack
-from .objective import ConditioningObjective, TextObjective
+from .objective import ConditioningObjective
 from .vocab import Vocabulary
 
 
@@ -65,11 +65,15 @@ def projected_gradient_search(objective: ConditioningObjective, prefix: Tokenize
     point = vocabulary.embed(ids).clone().requires_grad_(True)              # e: [K, D]
     opt = torch.optim.Adam([point], lr=config.step_size * vocabulary.scale)
     best_ids, best, history = ids, math.inf, []
+    evaluated: dict[tuple[int, ...], float] = {}   # the evaluation draw is fixed: score each candidate once
     for t in range(config.iterations):
         z = objective.draw(generator)                                      # adaptive: fresh smoothing noise
         loss, grad = objective.loss_and_grad(prefix, ids.tolist(), z)     # at the projected tokens
         if objective.evaluation is not None:
-            loss = float(objective.losses(prefix, [ids.tolist()], objective.evaluation)[0])
+            key = tuple(ids.tolist())
+            if key not in evaluated:
+                evaluated[key] = float(objective.losses(prefix, [list(key)], objective.evaluation)[0])
+            loss = evaluated[key]
         if loss < best:
             best, best_ids = loss, ids.clone()
         history.append(best)
@@ -86,7 +90,4 @@ class QFPGD(TextAttack):
 
     name = "qf-pgd"
     config_class = QFPGDConfig
-
-    def search(self, objective: TextObjective, prefix: TokenizedBatch, generator: torch.Generator | None,
-               progress: Progress | None) -> tuple[list[int], list[float]]:
-        return projected_gradient_search(objective, prefix, self.vocabulary, self.config, generator, progress)
+    search_fn = staticmethod(projected_gradient_search)

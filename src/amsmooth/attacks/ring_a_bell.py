@@ -113,7 +113,4 @@ class RingABell(TextAttack):
 
     name = "rab"
     config_class = RingABellConfig
-
-    def search(self, objective: TextObjective, prefix: TokenizedBatch, generator: torch.Generator | None,
-               progress: Progress | None) -> tuple[list[int], list[float]]:
-        return genetic_search(objective, prefix, self.vocabulary, self.config, generator, progress)
+    search_fn = staticmethod(genetic_search)

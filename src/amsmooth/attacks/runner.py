@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import AmsmoothError
+from ..eval.store import config_diff
 from ..prompts import PromptCase
 from .base import AttackResult, TextAttack
 
@@ -55,7 +56,7 @@ def _drop_partial_line(path: Path) -> None:
     """A run killed mid-write leaves a line without its newline: cut it so the CSV stays well-formed."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+        os.truncate(path, data.rfind(b"\n") + 1)     # in place: the finished rows are never rewritten
 
 
 def finished_cases(path: Path, settings: dict[str, Any]) -> dict[str, str]:
@@ -71,7 +72,7 @@ def finished_cases(path: Path, settings: dict[str, Any]) -> dict[str, str]:
     for row in rows:
         theirs = json.loads(row["settings"] or "{}")
         if theirs != settings:
-            differ = sorted(k for k in set(theirs) | set(settings) if theirs.get(k) != settings.get(k))
+            differ = config_diff(theirs, settings)
             raise AmsmoothError(f"{path} was made with other settings (differing: {', '.join(differ)}); "
                                 "rerun with the same options to resume, or choose another --out")
     return {row["case_number"]: row["source_prompt"] for row in rows}

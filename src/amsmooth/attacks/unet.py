@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from ..concepts import Concept
-from ..encoders import TextEncoder, TokenizedBatch
+from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 from ..prompts import PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
-from .base import Progress, SearchConfig, TextAttack
+from .base import SearchConfig, TextAttack
 from .denoising import DenoisingObjective, Reference, unet_forward
 from .objective import ConditioningObjective
 from .qf_pgd import projected_gradient_search
@@ -167,9 +167,7 @@ class UnlearnDiffAtk(TextAttack):
         folder = self.targets.folder
         return {"models": self.models.describe(), "target_images": None if folder is None else str(folder)}
 
-    def search(self, objective: ConditioningObjective, prefix: TokenizedBatch, generator: torch.Generator | None,
-               progress: Progress | None) -> tuple[list[int], list[float]]:
-        return projected_gradient_search(objective, prefix, self.vocabulary, self.config, generator, progress)
+    search_fn = staticmethod(projected_gradient_search)
 
 
 class P4D(UnlearnDiffAtk):

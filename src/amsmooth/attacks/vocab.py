@@ -70,11 +70,6 @@ class Vocabulary:
         return self.ids[dist.argmin(1).cpu()]
 
 
-def content_start(encoder: TextEncoder) -> int:
-    """Position (into L) of the first prompt token, i.e. the number of leading special tokens."""
-    return int(encoder.tokenize(["a"]).content_mask[0].nonzero()[0])
-
-
 def candidate_batch(encoder: TextEncoder, prefix: TokenizedBatch, suffixes: Sequence[Sequence[int]],
                     prepend: bool = False) -> TokenizedBatch:
     """Prompts ``prefix tokens + suffix`` for each suffix (``suffix + prefix tokens`` when ``prepend``), as a batch
@@ -89,7 +84,7 @@ def candidate_batch(encoder: TextEncoder, prefix: TokenizedBatch, suffixes: Sequ
     if any(len(c) > encoder.max_content for c in contents):
         raise AmsmoothError(f"candidate longer than the encoder's {encoder.max_content} prompt tokens")
     input_ids, mask = encoder.build_ids(contents)
-    B, L, start = len(contents), encoder.max_length, content_start(encoder)
+    B, L, start = len(contents), encoder.max_length, encoder.content_start
     content_mask = torch.zeros(B, L, dtype=torch.bool)
     word_index = torch.full((B, L), -1, dtype=torch.long)
     prefix_words = prefix.word_index[0, start:start + len(base)]
