@@ -15,9 +15,6 @@ import torch
 from ..errors import AmsmoothError
 from ..prompts import PromptCase
 
-DEFAULT_GUIDANCE = 7.5
-
-
 def check_target_folder(folder: str | Path, cases: Sequence[PromptCase]) -> None:
     """Refuse, before any work, a missing folder or a case without ``{folder}/{case_number}.png``."""
     root = Path(folder)
@@ -67,10 +64,10 @@ class TargetLatents:
 
     def _generate(self, case: PromptCase) -> torch.Tensor:
         """The original model's image of the source prompt, as the denoised latent (no decode/encode round trip)."""
-        seed = case.seed if case.seed is not None else 0
-        guidance = case.guidance if case.guidance is not None else DEFAULT_GUIDANCE
+        from ..eval.runner import GenerationSettings   # the data contract's seed and guidance, as `amsmooth eval`
+
+        gen = GenerationSettings(steps=self.steps, height=self.height, width=self.width)
         with torch.no_grad():
-            out = self.pipe(case.prompt, height=self.height, width=self.width, num_inference_steps=self.steps,
-                            guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
-                            output_type="latent")
+            out = self.pipe(case.prompt, generator=torch.Generator().manual_seed(gen.seed_of(case)),
+                            output_type="latent", **gen.kwargs(case))
         return out.images[:1].float()
