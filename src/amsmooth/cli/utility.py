@@ -116,5 +116,6 @@ def measure(run: Run, args: argparse.Namespace, reference: str) -> None:
     clip = ClipScore.from_pretrained(args.clip, run.device)
     for start in range(0, len(images), 16):
         clip.update(images[start:start + 16], prompts[start:start + 16])
-    run.store.set_metric("clip_score", clip.compute(), clip.n, {"clip": args.clip, "text": "original prompts"})
-    print(f"CLIP score {clip.compute():.2f} ({clip.n} images, {args.clip})")
+    score = clip.compute()
+    run.store.set_metric("clip_score", score, clip.n, {"clip": args.clip, "text": "original prompts"})
+    print(f"CLIP score {score:.2f} ({clip.n} images, {args.clip})")

@@ -22,7 +22,6 @@ from ..config import SmoothingConfig
 from ..errors import AmsmoothError
 from ..pipeline import STAGES, DefendedPipeline
 
-BASES = ("none", "blacklist", "posi", *SLD_PRESETS)
 DEFENSES = ("none", "ams", "blacklist", "posi", *SLD_PRESETS)
 PERFORMANCE_KNOBS = ("max_batch", "cache_size")  # change speed and memory, never the images
 
