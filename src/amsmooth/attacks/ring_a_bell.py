@@ -63,11 +63,11 @@ def crossover(parents: torch.Tensor, rate: float, generator: torch.Generator | N
 
 
 def mutate(population: torch.Tensor, rate: float, vocabulary: Vocabulary,
-           generator: torch.Generator | None, keep_first: bool = True) -> torch.Tensor:
+           generator: torch.Generator | None) -> torch.Tensor:
     """With probability ``rate`` per individual, one random position gets a random vocabulary token."""
     out = population.clone()
     P, K = out.shape
-    for i in range(1 if keep_first else 0, P):
+    for i in range(1, P):   # the best individual (row 0) is never mutated
         if _coin(rate, generator):
             out[i, int(torch.randint(K, (), generator=generator))] = vocabulary.sample((), generator)
     return out

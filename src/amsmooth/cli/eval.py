@@ -17,7 +17,8 @@ from ..eval.store import ResultStore
 from ..io import check_writable_dir
 from ..pipeline import STAGES
 from .common import add_concept_args, add_smoothing_args, smoothing_config
-from .generate import add_generation_args, add_model_args, load_model, resolve_dtype, validate_generation
+from .generate import add_generation_args, add_model_args, generation_settings, load_model, resolve_dtype, \
+    validate_generation
 
 # Config keys that may change when a run is resumed: they do not change any image.
 VOLATILE = ("limit", "device", "prompt_files", "versions", "reference", "clip")
@@ -113,11 +114,6 @@ class Run:
     @property
     def my_jobs(self) -> list[Job]:
         return self.shard.take(self.jobs)
-
-
-def generation_settings(args: argparse.Namespace) -> GenerationSettings:
-    return GenerationSettings(args.images_per_prompt, args.steps, args.guidance, args.seed, args.height,
-                              args.width, args.negative_prompt)
 
 
 def run_config(args: argparse.Namespace, command: str, spec: DefenseSpec, sets: list, device: torch.device,

@@ -116,6 +116,14 @@ def sidecar(case: PromptCase, k: int, seed: int, guidance: float, args: argparse
             "timings": timings}
 
 
+def generation_settings(args: argparse.Namespace):  # noqa: ANN201 - eval.runner.GenerationSettings
+    """The generation flags of ``add_generation_args`` as the data contract's per-case settings."""
+    from ..eval.runner import GenerationSettings
+
+    return GenerationSettings(args.images_per_prompt, args.steps, args.guidance, args.seed, args.height,
+                              args.width, args.negative_prompt)
+
+
 def run(args: argparse.Namespace) -> int:
     validate_generation(args)
     cases = collect_prompts(args.prompts, args.prompts_file)
@@ -127,10 +135,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(cases) * args.steps, desc="generate", unit="step", file=sys.stderr)
-    started, text_s = time.perf_counter(), 0.0
+    started, text_s, gen = time.perf_counter(), 0.0, generation_settings(args)
     for case in cases:
-        seed = case.seed if case.seed is not None else args.seed
-        guidance = case.guidance if case.guidance is not None else args.guidance
+        seed, guidance = gen.seed_of(case), gen.guidance_of(case)
         kwargs = {"image": init, "strength": args.strength} if init is not None else {
             "height": args.height, "width": args.width}
         result = dp(case.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.images_per_prompt,

@@ -8,6 +8,7 @@ one defense apart (``ams (sigma0=0.006)`` vs ``ams (sigma0=0.012)``).
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +81,12 @@ class DefenseSpec:
                        smoothing_stage=self.stage)
         return out
 
-    def load_blacklist(self) -> Blacklist:
+    @functools.cached_property
+    def _blacklist(self) -> Blacklist:   # read once per spec (settings, rewriter)
         return Blacklist.from_file(self.blacklist) if self.blacklist else Blacklist.default()
+
+    def load_blacklist(self) -> Blacklist:
+        return self._blacklist
 
     def rewriter(self, device: torch.device | str | None = None) -> Callable[[str], str] | None:
         """The prompt rewriter of a rewriting base (blacklist, POSI), else None."""
@@ -95,9 +100,8 @@ class DefenseSpec:
         """The runnable defense on a loaded SD pipeline (SLD shares its modules)."""
         settings, rewriter = self.settings(), self.rewriter(device)
         target = SLDPipeline.from_pipeline(pipe, self.base) if self.base in SLD_PRESETS else pipe
-        if self.ams is None:
-            return Defense(self, DefendedPipeline(target), settings, rewriter)
-        defended = DefendedPipeline.from_pipeline(target, self.ams.concepts, self.ams, self.stage)
+        defended = (DefendedPipeline(target) if self.ams is None else
+                    DefendedPipeline.from_pipeline(target, self.ams.concepts, self.ams, self.stage))
         return Defense(self, defended, settings, rewriter)
 
 

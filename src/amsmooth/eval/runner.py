@@ -135,11 +135,13 @@ class GenerationSettings:
     def seed_of(self, case: PromptCase) -> int:
         return self.seed if case.seed is None else case.seed
 
+    def guidance_of(self, case: PromptCase) -> float:
+        return self.guidance if case.guidance is None else case.guidance
+
     def kwargs(self, case: PromptCase) -> dict[str, Any]:
         """Pipeline arguments of one case."""
         return {"num_inference_steps": self.steps, "height": self.height, "width": self.width,
-                "negative_prompt": self.negative_prompt,
-                "guidance_scale": self.guidance if case.guidance is None else case.guidance}
+                "negative_prompt": self.negative_prompt, "guidance_scale": self.guidance_of(case)}
 
 
 @dataclass
