@@ -176,8 +176,8 @@ def measure(encoder: TextEncoder, concept: Concept, reference: list[str], benign
     ref_proj = projections(encoder.encode(ref_batch), ref_batch.attention_mask, axis)
     ref = reference_stats(ref_proj)
     ams = AdaptiveMedianSmoothing(encoder, [concept], defense_config(1.0, args))
-    h, masks = smoothed_sets(ams, {"benign": benign, **sets}, sigmas, args.seed)
-    plain = h[0.0] if 0.0 in h else smoothed_sets(ams, {"benign": benign, **sets}, (0.0,), args.seed)[0][0.0]
+    h, masks = smoothed_sets(ams, {"benign": benign, **sets}, tuple(dict.fromkeys((*sigmas, 0.0))), args.seed)
+    plain = h[0.0]                                              # σ0 = 0: the plain encodings, relevance scored once
     threshold = (ref.threshold - ref.mean) / ref.std
     rows = []
     for s in sigmas:
@@ -303,8 +303,9 @@ def run(args: argparse.Namespace, encoder: TextEncoder | None = None) -> dict:
     encoder = encoder or TextEncoder.from_pretrained(args.encoder or minilm_folder())
     concept = resolve_concept(args.concept, encoder)
     reference, benign = coco_prompts(data, size)
-    released = nudity_sets(data, size.per_set)
-    attacks = generate_attacks(encoder, concept, nudity_sets(data, size.attacked)["i2p-nudity"], size, args, out)
+    nudity = nudity_sets(data, max(size.per_set, size.attacked))       # i2p.csv parsed once
+    released = {name: cases[:size.per_set] for name, cases in nudity.items()}
+    attacks = generate_attacks(encoder, concept, nudity["i2p-nudity"][:size.attacked], size, args, out)
     t1 = time.time()
     sets = {name: [c.prompt for c in cases] for name, cases in released.items()} | attacks
     result = measure(encoder, concept, reference, benign, sets, sigmas, args)
