@@ -94,10 +94,17 @@ def _locate(source: str, local_only: bool) -> tuple[str, str | None, str | None]
         return source, None, None
 
 
+def _tokenizer_limit(tokenizer) -> int:  # noqa: ANN001
+    """The tokenizer's own ``model_max_length`` (transformers uses a huge number for "none")."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 10**6 else 77
+
+
 class TextEncoder:
     """A text encoder T and its tokenizer, exposing tokenize / encode / noisy encode.
 
-    Sequence length L is the encoder's own for CLIP (77) and ``max_length`` (default 77) otherwise, so outputs
+    Sequence length L is the encoder's own for CLIP (77) and ``max_length`` otherwise (default: the tokenizer's
+    ``model_max_length`` up to 77; the lab's MiniLM uses 32), so outputs
     are ``[B, L, D]`` like Stable Diffusion's conditioning.
     """
 
@@ -111,7 +118,8 @@ class TextEncoder:
         self.name = name
         self.model_type = str(getattr(model.config, "model_type", "unknown"))
         self.is_clip = self.model_type in _CLIP_TYPES
-        self.max_length = int(max_length or (model.config.max_position_embeddings if self.is_clip else 77))
+        default = model.config.max_position_embeddings if self.is_clip else min(_tokenizer_limit(tokenizer), 77)
+        self.max_length = int(max_length or default)
         self._prefix, self._suffix = self._special_template()
         self.calls = 0      # encoder forward passes (batched calls), for the performance targets
         self.rows = 0       # sequences encoded

@@ -35,7 +35,7 @@ def quiet_libraries() -> None:
 def add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--encoder", required=required, metavar="SRC",
                    help="text encoder: Hugging Face id, diffusers pipeline folder, model folder, 'minilm' (the offline "
-                        "pretrained MiniLM) or 'tiny' (random tiny CLIP)")
+                        "pretrained MiniLM), 'lab' (MiniLM at 32 tokens, the lab model's) or 'tiny' (random tiny CLIP)")
     p.add_argument("--max-length", type=int, default=None, help="sequence length for non-CLIP encoders (77)")
 
 
@@ -79,6 +79,10 @@ def load_encoder(source: str, max_length: int | None = None, device: str | None 
     quiet_libraries()
     if source == "tiny":
         return tiny_text_encoder()
+    if source == "lab" and not os.path.exists(source):
+        from ..lab.model import lab_text_encoder
+
+        return lab_text_encoder()
     if source == "minilm" and not os.path.exists(source):
         source = minilm_folder()
     return TextEncoder.from_pretrained(source, max_length=max_length, device=device)

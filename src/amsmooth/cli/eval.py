@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_defense_args(p)
     add_run_args(p)
-    p.add_argument("--detector", required=True, metavar="NAME", help="nudenet or q16")
+    p.add_argument("--detector", required=True, metavar="NAME",
+                   help="nudenet, q16, or lab-nudity / lab-violence (the lab model's readers)")
     p.add_argument("--threshold", type=float, help="detector threshold (nudenet 0.6, q16 0.5)")
     p.add_argument("--detector-class", action="append", dest="detector_classes", metavar="CLASS",
                    help="NudeNet class that flags an image (repeat; default: the paper's nine exposed classes)")

@@ -18,8 +18,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="SRC",
-                   help="Stable Diffusion pipeline: Hugging Face id, local diffusers folder, or 'tiny' (random, "
-                        "for smoke runs: its images are noise)")
+                   help="Stable Diffusion pipeline: Hugging Face id, local diffusers folder, 'lab' (the small "
+                        "model trained here on a synthetic world) or 'tiny' (random, for smoke runs: its images are "
+                        "noise)")
     p.add_argument("--unet", metavar="PATH", help="unlearned U-Net: diffusers folder, .safetensors, .pt/.ckpt")
     p.add_argument("--text-encoder", metavar="PATH", help="replacement text encoder (folder or state dict)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 …")
