@@ -8,11 +8,15 @@ from typing import Any
 from .errors import AmsmoothError
 
 
+SIGMA_UNITS = ("absolute", "embedding-std")
+
+
 @dataclass(frozen=True)
 class SmoothingConfig:
     """Every knob of Adaptive Median Smoothing, one field each."""
 
-    sigma0: float = 0.006            # base noise magnitude σ0 (Sec. 3.4)
+    sigma0: float = 0.006            # base noise magnitude σ0 (Sec. 3.4), in units of sigma_unit
+    sigma_unit: str = "absolute"     # "absolute", or "embedding-std": σ0 × the std of the token-embedding matrix
     k: float = 9.0                   # scaling factor: σ_j = σ0·exp(k·sim_j)
     n: int = 13                      # Monte-Carlo encodings; odd so the median is one of the samples
     use_global: bool = False         # add global (whole-prompt) relevance, combined as in Algorithm 1
@@ -24,6 +28,8 @@ class SmoothingConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sigma0) and self.sigma0 >= 0):
             raise AmsmoothError(f"sigma0 must be a finite number >= 0, got {self.sigma0}")
+        if self.sigma_unit not in SIGMA_UNITS:
+            raise AmsmoothError(f"sigma_unit must be one of {', '.join(SIGMA_UNITS)}, got {self.sigma_unit!r}")
         if not math.isfinite(self.k):
             raise AmsmoothError(f"k must be a finite number, got {self.k}")
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:

@@ -166,6 +166,11 @@ class TextEncoder:
     def hidden_size(self) -> int:
         return int(self.embedding.weight.shape[1])
 
+    def embedding_std(self) -> float:
+        """Standard deviation of all entries of the token-embedding matrix: the unit of ``sigma_unit =
+        "embedding-std"``, so that one relative σ0 means the same noise-to-signal ratio on any encoder."""
+        return float(self.embedding.weight.detach().float().std())
+
     def fingerprint(self) -> dict[str, str | int]:
         """Identity of this encoder: type, sizes and a hash of the token embeddings (rounded to fp16)."""
         if self._fingerprint is None:

@@ -51,6 +51,8 @@ class AdaptiveMedianSmoothing:
             c.check_encoder(encoder)
         self.directions = torch.stack([c.direction.float() for c in self.concepts]).to(encoder.device)
         self.cache = WordCache(self.config.cache_size)
+        unit = encoder.embedding_std() if self.config.sigma_unit == "embedding-std" else 1.0
+        self.sigma0 = self.config.sigma0 * unit   # σ0 in the embedding's own units
 
     # ------------------------------------------------------------------ Algorithm 1
     def _requests(self, batch: TokenizedBatch) -> tuple[dict[tuple, list[tuple]], list[tuple]]:
@@ -100,7 +102,7 @@ class AdaptiveMedianSmoothing:
                 glob[b, start:start + n_tok] = self._sims(emb, tuple(batch.content_ids[b]))
         combined = local if glob is None else combine_global(local, glob)
         sim = combined.max(-1).values * batch.content_mask
-        sigma = noise_schedule(sim, self.config.sigma0, self.config.k, batch.content_mask,
+        sigma = noise_schedule(sim, self.sigma0, self.config.k, batch.content_mask,
                                self.config.noise_special_tokens)
         return Relevance(sim, local.max(-1).values * batch.content_mask,
                          None if glob is None else glob.max(-1).values * batch.content_mask, sigma)

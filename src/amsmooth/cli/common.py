@@ -49,6 +49,9 @@ def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
     """Smoothing flags; ``with_n=False`` leaves ``--n`` free for a subcommand's own sample count."""
     p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (Appendix D)")
     p.add_argument("--sigma0", type=float, help="base noise σ0 (default 0.006)")
+    p.add_argument("--sigma-unit", choices=["absolute", "embedding-std"],
+                   help="unit of --sigma0: absolute (default, the paper's) or embedding-std (σ0 × the std of the "
+                        "encoder's token embeddings, so one setting carries across encoders)")
     p.add_argument("--k", type=float, help="scaling factor k (default 9)")
     if with_n:
         p.add_argument("--n", type=int, help="number of noisy encodings (default 13)")
@@ -61,7 +64,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
 def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
     """Preset (if any), then explicit flags; flags map one-to-one onto SmoothingConfig fields."""
     base = preset(args.preset) if getattr(args, "preset", None) else SmoothingConfig()
-    changes = {f: getattr(args, f) for f in ("sigma0", "k", "n", "use_global", "noise_special_tokens")
+    changes = {f: getattr(args, f) for f in ("sigma0", "sigma_unit", "k", "n", "use_global",
+                                                                      "noise_special_tokens")
                if getattr(args, f, None) is not None}
     concepts = getattr(args, "concept", None)
     if concepts:

@@ -22,7 +22,7 @@ from .generate import add_generation_args, add_model_args, generation_settings, 
 
 # Config keys that may change when a run is resumed: they do not change any image.
 VOLATILE = ("limit", "device", "prompt_files", "versions", "reference", "clip")
-SMOOTHING_FLAGS = ("preset", "sigma0", "k", "n", "use_global", "noise_special_tokens", "concept")
+SMOOTHING_FLAGS = ("preset", "sigma0", "sigma_unit", "k", "n", "use_global", "noise_special_tokens", "concept")
 
 
 def add_defense_args(p: argparse.ArgumentParser) -> None:
