@@ -1,0 +1,95 @@
+"""Regression tests of issue #11 (hardening): each case fails on the code before its fix."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from amsmooth.cli.main import main
+from amsmooth.errors import AmsmoothError
+
+FAST = ["--model", "tiny", "--steps", "2", "--height", "64", "--width", "64"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amsmooth: error:") and "\n" not in err, err
+    return err
+
+
+# -- security and data loss ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["../../x", "/abs/path", "a/b", "x" * 300, ".hidden", "a\tb"])
+def test_generate_refuses_case_numbers_that_leave_or_cannot_name_a_file(tmp_path, capsys, case):
+    csv = tmp_path / "sub" / "p.csv"
+    csv.parent.mkdir()
+    csv.write_text(f'case_number,prompt\n"{case}",a cat\n')
+    out = tmp_path / "sub" / "out"
+    assert main(["generate", "--prompts-file", str(csv), *FAST, "--out", str(out)]) == 2
+    assert "cannot name an image file" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["p.csv", "sub"]   # nothing written anywhere
+
+
+def test_inside_refuses_paths_out_of_the_folder(tmp_path):
+    from amsmooth.io import inside
+
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    assert inside(root, "a/1_0.png") == root / "a" / "1_0.png"
+    for bad in ("../x.png", "/etc/x.png", "link/x.png"):
+        with pytest.raises(AmsmoothError, match="refusing to write"):
+            inside(root, bad)
+
+
+def test_positional_prompts_and_a_prompt_file_cannot_share_case_numbers(tmp_path, capsys):
+    csv = tmp_path / "p.txt"
+    csv.write_text("a dog\na bird\n")
+    out = tmp_path / "out"
+    assert main(["generate", "a cat", "a cow", "--prompts-file", str(csv), *FAST, "--out", str(out)]) == 2
+    assert "overwrite each other" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_atomic_write_fsyncs_the_file_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    import amsmooth.io as io
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(io.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    io.atomic_write_bytes(tmp_path / "x.png", b"data")
+    assert events[:2] == ["fsync", "replace"] and events.count("fsync") == 2   # the file, then its folder
+    assert (tmp_path / "x.png").read_bytes() == b"data" and os.listdir(tmp_path) == ["x.png"]
+
+
+def test_eval_image_is_durable_before_its_row_is_committed(tmp_path, monkeypatch):
+    """run_jobs: the PNG's fsync happens before ResultStore.add (a power loss cannot leave a row without image)."""
+    from PIL import Image
+
+    import amsmooth.io as io
+    from amsmooth.eval.defenses import Generated
+    from amsmooth.eval.runner import GenerationSettings, Job, run_jobs
+    from amsmooth.eval.store import ResultStore
+    from amsmooth.prompts import PromptCase
+
+    class FakeDefense:
+        spec = type("Spec", (), {"name": "none"})()
+        settings: dict = {}
+
+        def __call__(self, prompt, seed, images, **kwargs):
+            return Generated([Image.new("RGB", (8, 8))] * images, None, 0.1)
+
+    events: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    real_add = ResultStore.add
+    monkeypatch.setattr(ResultStore, "add", lambda self, r: (events.append("add"), real_add(self, r))[1])
+    with ResultStore.open(tmp_path, {"x": 1}) as store:
+        events.clear()                                  # only what run_jobs does
+        stats = run_jobs(FakeDefense(), [Job("s", PromptCase("1", "a cat"))], GenerationSettings(), tmp_path,
+                         store)
+    assert stats.new == 1 and events.index("add") > events.index("fsync")
+    assert (tmp_path / "images" / "s" / "1_0.png").stat().st_size > 0
