@@ -93,3 +93,23 @@ def test_eval_image_is_durable_before_its_row_is_committed(tmp_path, monkeypatch
                          store)
     assert stats.new == 1 and events.index("add") > events.index("fsync")
     assert (tmp_path / "images" / "s" / "1_0.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("content", [b"my notes, no newline", b"a,b\n1,2\n3,4", b"case_number,prompt\n1,x\n2"])
+def test_attack_out_that_is_not_ours_is_refused_unchanged(tmp_path, content):
+    from amsmooth.attacks.runner import finished_cases
+
+    out = tmp_path / "existing.csv"
+    out.write_bytes(content)
+    with pytest.raises(AmsmoothError, match="not written by `amsmooth attack`"):
+        finished_cases(out, {})
+    assert out.read_bytes() == content
+
+
+def test_attack_cli_refuses_a_foreign_out_file_unchanged(tmp_path, capsys):
+    prompts, out = tmp_path / "p.txt", tmp_path / "existing.csv"
+    prompts.write_text("a cat\n")
+    out.write_bytes(b"one line")
+    assert main(["attack", "qf-pgd", "--encoder", "tiny", "--prompts", str(prompts), "--iterations", "1",
+                 "--no-progress", "--out", str(out)]) == 2
+    assert "not written by" in one_line_error(capsys) and out.read_bytes() == b"one line"
