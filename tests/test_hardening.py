@@ -113,3 +113,63 @@ def test_attack_cli_refuses_a_foreign_out_file_unchanged(tmp_path, capsys):
     assert main(["attack", "qf-pgd", "--encoder", "tiny", "--prompts", str(prompts), "--iterations", "1",
                  "--no-progress", "--out", str(out)]) == 2
     assert "not written by" in one_line_error(capsys) and out.read_bytes() == b"one line"
+
+
+# -- silent wrong results ------------------------------------------------------------------------------------
+
+
+def test_sigma_that_would_overflow_is_refused(capsys):
+    from amsmooth.config import SIGMA_MAX, SmoothingConfig
+
+    for k in (100.0, -100.0, 1e6):
+        with pytest.raises(AmsmoothError, match="exceeds"):
+            SmoothingConfig(k=k)
+    assert SmoothingConfig(sigma0=0.012, k=9.0).sigma0 == 0.012           # the paper's largest setting passes
+    assert SmoothingConfig(sigma0=0.0, k=1e6).k == 1e6                     # σ ≡ 0: nothing can overflow
+    assert 0.012 * 2.718281828 ** 9 < SIGMA_MAX
+    assert main(["relevance", "a nude woman", "--encoder", "tiny", "--k", "200", "--format", "jsonl"]) == 2
+    assert "exceeds" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("flag,value", [("--guidance", "nan"), ("--guidance", "inf"), ("--strength", "nan"),
+                                        ("--sigma0", "nan"), ("--k", "-inf"), ("--seed", str(2**64)),
+                                        ("--seed", "-1")])
+def test_generate_refuses_non_finite_numbers_and_bad_seeds(tmp_path, capsys, flag, value):
+    out = tmp_path / "out"
+    assert main(["generate", "a cat", *FAST, f"{flag}={value}", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert flag in err and not out.exists()
+
+
+@pytest.mark.parametrize("cell,match", [("1e30", "2^63"), ("inf", "finite"), (str(2**64), "2^63"),
+                                        ("4.5", "not an integer"), ("nan", "finite")])
+def test_csv_seed_cells_give_one_line_errors(tmp_path, capsys, cell, match):
+    csv = tmp_path / "p.csv"
+    csv.write_text(f"case_number,prompt,evaluation_seed\n1,a cat,{cell}\n")
+    assert main(["generate", "--prompts-file", str(csv), *FAST, "--out", str(tmp_path / "o")]) == 2
+    err = one_line_error(capsys)
+    assert match in err and "row 2" in err
+
+
+def test_csv_guidance_nan_is_refused(tmp_path, capsys):
+    csv = tmp_path / "p.csv"
+    csv.write_text("case_number,prompt,evaluation_guidance\n1,a cat,nan\n")
+    assert main(["generate", "--prompts-file", str(csv), *FAST, "--out", str(tmp_path / "o")]) == 2
+    assert "finite" in one_line_error(capsys)
+
+
+def test_csv_with_a_utf8_bom_is_read(tmp_path):
+    from amsmooth.prompts import read_prompts_file
+
+    csv = tmp_path / "p.csv"
+    csv.write_bytes("\ufeffprompt,case_number,evaluation_seed\na cat,7,3\n".encode("utf-8"))
+    (case,) = read_prompts_file(csv)
+    assert (case.case_number, case.prompt, case.seed) == ("7", "a cat", 3)
+
+
+def test_pairs_csv_with_a_utf8_bom_is_read(tmp_path):
+    from amsmooth.concepts import read_pairs
+
+    path = tmp_path / "pairs.csv"
+    path.write_bytes("\ufeffpositive,negative\na nude,a dressed\n".encode("utf-8"))
+    assert read_pairs(path)[:2] == (["a nude"], ["a dressed"])
