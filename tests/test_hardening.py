@@ -173,3 +173,18 @@ def test_pairs_csv_with_a_utf8_bom_is_read(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes("\ufeffpositive,negative\na nude,a dressed\n".encode("utf-8"))
     assert read_pairs(path)[:2] == (["a nude"], ["a dressed"])
+
+
+def test_a_concept_is_refused_for_an_encoder_with_other_layers_but_the_same_embeddings(tiny_nudity):
+    import torch
+
+    from amsmooth.tiny import tiny_text_encoder
+
+    same, tuned = tiny_text_encoder(), tiny_text_encoder()
+    with torch.no_grad():
+        tuned.model.get_parameter("encoder.layers.0.mlp.fc1.weight").add_(0.05)
+    assert torch.equal(same.embedding.weight, tuned.embedding.weight)
+    assert same.fingerprint() == tiny_nudity.fingerprint != tuned.fingerprint()
+    tiny_nudity.check_encoder(same)
+    with pytest.raises(AmsmoothError, match="was built for"):
+        tiny_nudity.check_encoder(tuned)

@@ -81,7 +81,7 @@ def concept_direction(encoder: TextEncoder, positives: list[str], negatives: lis
 
 def _describe(fp: dict) -> str:
     return (f"{fp.get('model_type')} (hidden {fp.get('hidden_size')}, length {fp.get('max_length')}, "
-            f"vocab {fp.get('vocab_size')}, embeddings {fp.get('embedding_sha256')})")
+            f"vocab {fp.get('vocab_size')}, weights {fp.get('weights_sha256', fp.get('embedding_sha256'))})")
 
 
 @dataclass
