@@ -188,3 +188,14 @@ def test_a_concept_is_refused_for_an_encoder_with_other_layers_but_the_same_embe
     tiny_nudity.check_encoder(same)
     with pytest.raises(AmsmoothError, match="was built for"):
         tiny_nudity.check_encoder(tuned)
+
+
+def test_word_cache_smaller_than_a_batch_gives_the_uncached_scores(tiny_encoder, tiny_nudity):
+    from amsmooth import AdaptiveMedianSmoothing, SmoothingConfig
+
+    prompts = ["a nude cat", "a nude cat on a red mat with green dogs and blue birds"]
+    small = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(cache_size=2))
+    none = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(cache_size=0))
+    small.relevance(prompts[:1])                         # caches two of the words the next batch reuses
+    got = small.relevance(prompts)                       # used to raise KeyError (evicted while counted cached)
+    assert got == none.relevance(prompts) and len(small.cache) == 2
