@@ -199,3 +199,12 @@ def test_word_cache_smaller_than_a_batch_gives_the_uncached_scores(tiny_encoder,
     small.relevance(prompts[:1])                         # caches two of the words the next batch reuses
     got = small.relevance(prompts)                       # used to raise KeyError (evicted while counted cached)
     assert got == none.relevance(prompts) and len(small.cache) == 2
+
+
+@pytest.mark.parametrize("prompt", ["“👉👌”", "a  cat ,  (on) a mat", " leading space", "-- --", "()"])
+def test_blacklist_leaves_prompts_without_a_listed_word_byte_identical(prompt):
+    from amsmooth.baselines.blacklist import Blacklist
+
+    bl = Blacklist.default()
+    assert not bl.matches(prompt) and bl.clean(prompt) == prompt
+    assert bl.clean("a nude woman") == "a woman"
