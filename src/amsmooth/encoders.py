@@ -100,6 +100,19 @@ def _tokenizer_limit(tokenizer) -> int:  # noqa: ANN001
     return int(limit) if isinstance(limit, int) and 0 < limit < 10**6 else 77
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of every parameter and buffer: name, shape and fp16-rounded bytes, in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not tensor.is_floating_point():
+            tensor = tensor.to(torch.int64)
+        else:
+            tensor = tensor.detach().to("cpu", torch.float16)
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(tensor.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class TextEncoder:
     """A text encoder T and its tokenizer, exposing tokenize / encode / noisy encode.
 
@@ -172,13 +185,14 @@ class TextEncoder:
         return float(self.embedding.weight.detach().float().std())
 
     def fingerprint(self) -> dict[str, str | int]:
-        """Identity of this encoder: type, sizes and a hash of the token embeddings (rounded to fp16)."""
+        """Identity of this encoder: type, sizes and a hash over **all** its weights (names, shapes and values
+        rounded to fp16, so a float16 and a float32 load of one checkpoint agree). An encoder with fine-tuned
+        layers but the original token embeddings gets another fingerprint, so a concept direction is never
+        reused across them."""
         if self._fingerprint is None:
-            w = self.embedding.weight.detach().to("cpu", torch.float16).contiguous()
-            digest = hashlib.sha256(w.numpy().tobytes()).hexdigest()[:16]
             self._fingerprint = {"model_type": self.model_type, "hidden_size": self.hidden_size,
-                                 "max_length": self.max_length, "vocab_size": int(w.shape[0]),
-                                 "embedding_sha256": digest}
+                                 "max_length": self.max_length, "vocab_size": int(self.embedding.weight.shape[0]),
+                                 "weights_sha256": weights_digest(self.model)}
         return dict(self._fingerprint)
 
     # ------------------------------------------------------------------ tokenization

@@ -123,7 +123,13 @@ def collect_prompts(positional: Sequence[str] | None, prompts_file: str | None) 
     """Prompts from the command line and/or a file (text: one a line; CSV: the data contract)."""
     cases = [PromptCase(str(i), p) for i, p in enumerate(positional or [])]
     if prompts_file:
-        cases += read_prompts_file(prompts_file)
+        from_file = read_prompts_file(prompts_file)
+        clash = sorted({c.case_number for c in cases} & {c.case_number for c in from_file}, key=len)
+        if clash:
+            raise AmsmoothError(f"PROMPT arguments are numbered 0..{len(cases) - 1} and {prompts_file} also has "
+                                f"case {clash[0]!r}: their images would overwrite each other; give the prompts "
+                                "either as arguments or in the file")
+        cases += from_file
     if not cases:
         raise AmsmoothError("no prompts: give PROMPT arguments or --prompts-file FILE")
     return cases

@@ -111,6 +111,7 @@ class Run:
     settings: GenerationSettings
     device: torch.device
     detector: Any = None
+    preloaded: Any = None    # what prepare's ``preload`` returned (utility: the reference model's pipeline)
 
     @property
     def my_jobs(self) -> list[Job]:
@@ -131,9 +132,10 @@ def run_config(args: argparse.Namespace, command: str, spec: DefenseSpec, sets: 
 
 
 def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None = None,
-            detector: Callable[[torch.device], Any] | None = None) -> Run:
-    """Check everything cheap first, then the detector, the RUN_DIR's config, the model; write the config last,
-    so a failure at any step leaves RUN_DIR as it was."""
+            detector: Callable[[torch.device], Any] | None = None,
+            preload: Callable[[torch.device], Any] | None = None) -> Run:
+    """Check everything cheap first, then the detector, the RUN_DIR's config, the model (and ``preload``'s,
+    e.g. a reference model); write the config last, so a failure at any step leaves RUN_DIR as it was."""
     from ..loading import resolve_device
 
     validate_generation(args)
@@ -153,8 +155,10 @@ def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None
     ResultStore.check(run_dir, config, VOLATILE)
     pipe = load_model(args, device)
     defense = spec.build(pipe, device)
+    preloaded = preload(device) if preload is not None else None
     store = ResultStore.open(run_dir, config, VOLATILE)
-    return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, settings, device, det)
+    return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, settings, device, det,
+               preloaded)
 
 
 def report_progress(command: str, run: Run, new: int, skipped: int, seconds: float) -> None:

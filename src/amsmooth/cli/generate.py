@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AmsmoothError
-from ..io import atomic_save_image, atomic_write_json, check_writable_dir
+from ..io import atomic_save_image, atomic_write_json, check_writable_dir, inside
 from ..prompts import PromptCase
 from .common import add_concept_args, add_smoothing_args, collect_prompts, quiet_libraries, smoothing_config
 
@@ -148,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
         rel = result.relevance[0] if result.relevance else {}
         for k, image in enumerate(result.images):
             stem = f"{case.case_number}_{k}"
-            atomic_save_image(out / f"{stem}.png", image)
-            atomic_write_json(out / f"{stem}.json", sidecar(case, k, seed, guidance, args, config, rel,
+            atomic_save_image(inside(out, f"{stem}.png"), image)
+            atomic_write_json(inside(out, f"{stem}.json"), sidecar(case, k, seed, guidance, args, config, rel,
                                                               result.timings))
     bar.close()
     total = time.perf_counter() - started
