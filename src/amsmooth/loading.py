@@ -68,7 +68,7 @@ def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | No
     docstring). No safety checker (the defense is evaluated on raw outputs); the progress bar is disabled.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
-    pipe = _base_pipeline(model, dtype, local_files_only, img2img)
+    pipe = _base_pipeline(model, dtype, local_files_only, img2img, replaced_unet=bool(unet))
     if unet:
         load_unet_weights(pipe.unet, unet, local_files_only=local_files_only)
     if text_encoder:
@@ -101,14 +101,14 @@ def assemble_pipeline(cls: type, modules: Mapping[str, Any]):  # noqa: ANN201 - 
 
 
 def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None,
-                   img2img: bool):  # noqa: ANN202
+                   img2img: bool, replaced_unet: bool = False):  # noqa: ANN202
     """The text-to-image pipeline; for "tiny", tiny_pipeline builds the img2img one itself."""
     if model == "tiny":
         return _tiny(dtype, img2img)
     if model == "lab":
         from .lab.model import lab_pipeline
 
-        pipe = lab_pipeline(img2img=img2img)
+        pipe = lab_pipeline(img2img=img2img, untrained=replaced_unet)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     from diffusers import StableDiffusionPipeline
 

@@ -94,13 +94,17 @@ def load_lab_unet(folder: str | Path | None = None) -> torch.nn.Module:
     return UNet2DConditionModel.from_pretrained(str(folder)).eval()
 
 
-def lab_pipeline(img2img: bool = False, unet_folder: str | Path | None = None):  # noqa: ANN201
-    """The lab model as a diffusers ``StableDiffusionPipeline`` (or the img2img one), 32 px, DDIM sampler."""
+def lab_pipeline(img2img: bool = False, unet_folder: str | Path | None = None,
+                 untrained: bool = False):  # noqa: ANN201
+    """The lab model as a diffusers ``StableDiffusionPipeline`` (or the img2img one), 32 px, DDIM sampler.
+
+    ``untrained``: a freshly initialised U-Net instead of the shipped weights (when the caller replaces them).
+    """
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     from ..loading import assemble_pipeline
 
     enc = lab_text_encoder()
-    parts = {"unet": load_lab_unet(unet_folder), "vae": PixelVAE(), "text_encoder": enc.model,
+    parts = {"unet": new_unet().eval() if untrained else load_lab_unet(unet_folder), "vae": PixelVAE(), "text_encoder": enc.model,
              "tokenizer": enc.tokenizer, "scheduler": DDIMScheduler.from_config(scheduler_config())}
     return assemble_pipeline(StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline, parts)
