@@ -168,7 +168,7 @@ class ESDTrainer:
     def sample(self, d: ESDDraw, unet: torch.nn.Module | None = None) -> torch.Tensor:
         """x_t ``[1, C, s, s]``: i DDIM steps from x_T with ``unet`` (default: the fine-tuned one), CFG on the
         erase text at ``start_guidance``."""
-        unet = unet or self.model
+        unet = self.model if unet is None else unet
         dtype = self.erase_emb.dtype
         cond = torch.cat([self.null_emb, self.erase_emb[d.text_index:d.text_index + 1]])     # [2, L, D]
         x = d.noise.to(self.device, dtype)
@@ -190,7 +190,7 @@ class ESDTrainer:
     def loss(self, x_t: torch.Tensor, t: torch.Tensor, text_index: int,
              unet: torch.nn.Module | None = None) -> torch.Tensor:
         """MSE(ε_θ'(x_t, c, t), target): a scalar, with gradients into ``unet`` (default: the fine-tuned one)."""
-        unet = unet or self.model
+        unet = self.model if unet is None else unet
         target = self.target(x_t, t, text_index)
         inp = self.sampler.scale_model_input(x_t, t)
         pred = unet(inp, t, encoder_hidden_states=self.erase_emb[text_index:text_index + 1], return_dict=False)[0]
