@@ -22,6 +22,7 @@ MODULES = [
     "eval",
     "utility",
     "lab",
+    "unlearn",
 ]
 
 
