@@ -19,6 +19,7 @@ MODULES = [
     "attack",
     "eval",
     "utility",
+    "serve",
 ]
 
 
