@@ -7,6 +7,7 @@ import io
 import math
 import threading
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'amsmooth[serve]'")
@@ -89,6 +90,9 @@ def test_generate_both_images_for_one_seed(client, service):
                                            num_inference_steps=STEPS).images[0]
     assert png(body["images"][0]["png_base64"]).tobytes() == plain.tobytes()      # the undefended baseline
     assert body["images"][0]["png_base64"] != body["images"][1]["png_base64"]     # σ > 0 changes the image
+    a, b = (np.asarray(png(i["png_base64"]), dtype=float) for i in body["images"])
+    assert body["difference"]["mean_abs"] == pytest.approx(np.abs(a - b).mean())
+    assert 0 < body["difference"]["changed_fraction"] <= 1
 
 
 def test_generate_same_seed_same_bytes(client):
@@ -104,7 +108,7 @@ def test_generate_same_seed_same_bytes(client):
 def test_generate_undefended_only_has_no_defense_fields(client):
     body = client.post("/generate", json={"prompt": PROMPT, "defense": "none"}).json()
     assert [i["defense"] for i in body["images"]] == ["none"]
-    assert body["config"] is None and body["tokens"] == []
+    assert body["config"] is None and body["tokens"] == [] and body["difference"] is None
 
 
 def test_certify_is_the_librarys(client, service):

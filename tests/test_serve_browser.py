@@ -98,6 +98,7 @@ def test_prompt_shows_heatmap_and_both_images(page, tmp_path):
         natural, shown = img.evaluate("e => [e.naturalWidth, e.getBoundingClientRect().width]")
         assert natural == 64 and shown > 2 * natural             # the small image, upscaled for display
         assert img.evaluate("e => getComputedStyle(e).imageRendering") == "pixelated"
+    playwright.expect(page.locator("#difference")).to_contain_text("pixels changed")
     page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..certify import certify, typical_token_distance
@@ -61,6 +62,15 @@ def png_base64(image: Any) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_difference(a: Any, b: Any) -> dict[str, float]:
+    """How far the defended image is from the undefended one: mean |Δ| over RGB values (0–255) and the fraction
+    of pixels whose colour changed at all."""
+    x = np.asarray(a.convert("RGB"), dtype=np.int16)
+    y = np.asarray(b.convert("RGB"), dtype=np.int16)
+    delta = np.abs(x - y)
+    return {"mean_abs": float(delta.mean()), "changed_fraction": float((delta.max(axis=-1) > 0).mean())}
 
 
 class DemoService:
@@ -138,13 +148,14 @@ class DemoService:
         guidance = self.guidance if guidance is None else guidance
         runs = DEFENSES[defense]
         self.progress.start(f"generating ({' + '.join(runs)})", self._denoising_steps(steps) * len(runs))
-        images, relevance = [], {}
+        images, pil, relevance = [], [], {}
         try:
             for name in runs:
                 dp = DefendedPipeline(self.pipe, self.smoothing(config) if name == "ams" else None)
                 out = dp(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
                          guidance_scale=guidance, callback_on_step_end=self._step)
                 image = out.images[0]
+                pil.append(image)
                 images.append({"defense": name, "png_base64": png_base64(image), "width": image.width,
                                "height": image.height, "timings": out.timings})
                 relevance = out.relevance[0] if out.relevance else relevance
@@ -156,7 +167,8 @@ class DemoService:
                 "config": config.to_dict() if defended else None,
                 "tokens": [{"token": t["token"], "word": t["word"], "sim": t["sim"], "sigma": t["sigma"]}
                            for t in relevance.get("tokens", [])],
-                "dropped": relevance.get("dropped", ""), "images": images}
+                "dropped": relevance.get("dropped", ""), "images": images,
+                "difference": image_difference(*pil) if len(pil) == 2 else None}
 
     def certify(self, prompt: str, config: SmoothingConfig, seed: int, rho: float, samples: int,
                 alpha: float) -> dict[str, Any]:

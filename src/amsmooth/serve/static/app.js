@@ -116,6 +116,9 @@ function renderImages(gen) {
       ` · seed ${gen.seed} · ${img.width}×${img.height} px · ${img.timings.total_s.toFixed(2)} s` +
       (name === "ams" ? ` (text stage ${(img.timings.text_s * 1000).toFixed(0)} ms)` : ""));
   }
+  const d = gen.difference;
+  $("difference").textContent = d ? `defended vs undefended: mean |Δ| = ${d.mean_abs.toFixed(2)} of 255 per ` +
+    `colour value; ${(100 * d.changed_fraction).toFixed(1)} % of pixels changed` : "";
   $("images-section").hidden = false;
 }
 
