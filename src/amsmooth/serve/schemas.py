@@ -35,7 +35,7 @@ class SmoothingRequest(_Body):
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("empty; type a few words")
+            raise ValueError("empty (type a few words)")
         return value
 
     def overrides(self) -> dict:
