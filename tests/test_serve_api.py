@@ -54,7 +54,7 @@ def test_relevance_is_the_librarys(client, service):
     r = client.post("/relevance", json={"prompt": PROMPT})
     assert r.status_code == 200, r.text
     body = r.json()
-    ams = AdaptiveMedianSmoothing(service.encoder, [service._concept("nudity")], service.config)
+    ams = AdaptiveMedianSmoothing(service.encoder, [service.concept("nudity")], service.config)
     expected = ams.relevance([PROMPT])[0]
     assert [t["token"] for t in body["tokens"]] == [t["token"] for t in expected["tokens"]]
     for got, want in zip(body["tokens"], expected["tokens"]):
@@ -115,7 +115,7 @@ def test_certify_is_the_librarys(client, service):
     r = client.post("/certify", json={"prompt": PROMPT, "seed": 3, "samples": 200, "rho": 0.5})
     assert r.status_code == 200, r.text
     body = r.json()
-    ams = AdaptiveMedianSmoothing(service.encoder, [service._concept("nudity")], service.config)
+    ams = AdaptiveMedianSmoothing(service.encoder, [service.concept("nudity")], service.config)
     want = certify(ams, [PROMPT], 0.5, 200, 0.001, torch.Generator().manual_seed(3))[0]
     assert body["status"] == "certified"
     assert body["bound"] == pytest.approx(want.bound, rel=1e-9)

@@ -5,6 +5,8 @@ Algorithm 1's flag. Seeds stop at 2**53 − 1 so that a browser (JavaScript numb
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_PROMPT_CHARS = 1000
@@ -56,7 +58,7 @@ class GenerateRequest(SmoothingRequest):
     n: int | None = Field(None, ge=1, le=MAX_SMOOTHING_N, description="noisy encodings per median")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="denoising steps (default: the server's)")
     guidance: float | None = Field(None, ge=0.0, le=50.0, description="classifier-free guidance scale")
-    defense: str = Field("both", pattern="^(both|ams|none)$", description="both, ams (defended) or none")
+    defense: Literal["both", "ams", "none"] = Field("both", description="both, ams (defended) or none")
 
     def overrides(self) -> dict:
         out = super().overrides()

@@ -77,7 +77,8 @@ class DemoService:
     """One loaded pipeline, its concepts and the server's default settings; every method is one API call.
 
     ``config`` is the server's SmoothingConfig (its ``concepts`` are built-in names or .safetensors paths,
-    resolved here, so a bad concept fails at start); requests override its fields through ``config_for``.
+    resolved here, so a bad concept fails at start); requests override its fields through ``config_for`` and
+    may name ``concept_names``: the server's concepts, then the other built-ins (built on first use).
     """
 
     def __init__(self, pipe: Any, config: SmoothingConfig, *, model: str, unet: str | None = None,
@@ -92,16 +93,12 @@ class DemoService:
             self._concepts[concept.name] = concept
             names.append(concept.name)
         self.config = config.replace(concepts=tuple(names))
+        self.concept_names = list(dict.fromkeys([*names, *BUILTIN]))   # fixed: read from the event loop too
         self._caches: dict[tuple[str, ...], WordCache] = {}
         self._typical: float | None = None
         self.progress = Progress()
 
     # ------------------------------------------------------------------ settings
-    @property
-    def concept_names(self) -> list[str]:
-        """Concepts a request may name: the server's own, then the other built-ins (built on first use)."""
-        return list(dict.fromkeys([*self._concepts, *BUILTIN]))
-
     def config_for(self, overrides: dict[str, Any]) -> SmoothingConfig:
         """The server's settings with a request's overrides; unknown concept names are refused."""
         unknown = [c for c in overrides.get("concepts", ()) if c not in self.concept_names]
@@ -119,12 +116,13 @@ class DemoService:
 
     def smoothing(self, config: SmoothingConfig) -> AdaptiveMedianSmoothing:
         """AdaptiveMedianSmoothing for ``config``; the per-word relevance cache is kept per concept set."""
-        concepts = [self._concept(name) for name in config.concepts]
+        concepts = [self.concept(name) for name in config.concepts]
         ams = AdaptiveMedianSmoothing(self.encoder, concepts, config)
         ams.cache = self._caches.setdefault(config.concepts, ams.cache)
         return ams
 
-    def _concept(self, name: str) -> Concept:
+    def concept(self, name: str) -> Concept:
+        """The concept called ``name``, resolved for the pipeline's encoder on first use."""
         if name not in self._concepts:
             self._concepts[name] = resolve_concept(name, self.encoder)
         return self._concepts[name]
