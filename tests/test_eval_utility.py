@@ -86,3 +86,29 @@ def test_utility_bad_reference(tmp_path, coco, capsys):
     err = capsys.readouterr().err.strip()
     assert "image folder not found" in err and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_reference_model_gives_the_papers_fid_against_the_original_model(tmp_path, coco):
+    """The unlearned model (--unet: another U-Net) against the original model's images: FID > 0, where
+    --reference-defense none (the unlearned model against itself) gives 0."""
+    from amsmooth.tiny import tiny_components
+
+    unet = tmp_path / "unlearned-unet"
+    tiny_components(seed=1)["unet"].save_pretrained(unet)
+    common = ["utility", *FAST, "--unet", str(unet), "--defense", "none", "--prompts", str(coco), "--limit", "2"]
+    assert main([*common, "--reference-defense", "none", "--out", str(tmp_path / "self")]) == 0
+    assert main([*common, "--reference-model", "tiny", "--out", str(tmp_path / "paper")]) == 0
+    with ResultStore.read(tmp_path / "self") as a, ResultStore.read(tmp_path / "paper") as b:
+        itself, paper = a.metrics()["fid"], b.metrics()["fid"]
+    assert abs(itself.value) < 1e-3 and paper.value > 1.0 and paper.details["reference"] == "model tiny"
+    (ref,) = (tmp_path / "paper").glob("reference-model-*")
+    assert paper.value == pytest.approx(fid_from_folders(ref / "coco", tmp_path / "paper" / "images" / "coco"),
+                                        rel=1e-6, abs=1e-6)
+
+
+def test_reference_model_that_cannot_load_changes_nothing(tmp_path, coco, capsys):
+    run = tmp_path / "run"
+    assert main(["utility", *FAST, "--defense", "none", "--prompts", str(coco), "--reference-model",
+                 str(tmp_path / "no-such-model"), "--out", str(run)]) == 2
+    assert capsys.readouterr().err.startswith("amsmooth: error:")
+    assert not (run / "config.json").exists() and not list(run.rglob("*.png"))

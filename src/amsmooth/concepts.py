@@ -42,8 +42,9 @@ def read_pairs(path: str | Path, positive_column: str | None = None,
     path = Path(path)
     try:
         raw = path.read_bytes()
-        rows = list(csv.DictReader(raw.decode("utf-8").splitlines()))
-        header = list(rows[0].keys()) if rows else next(csv.reader(raw.decode("utf-8").splitlines()), [])
+        text = raw.decode("utf-8-sig")   # a BOM (Excel) is not part of the header
+        rows = list(csv.DictReader(text.splitlines()))
+        header = list(rows[0].keys()) if rows else next(csv.reader(text.splitlines()), [])
     except FileNotFoundError:
         raise AmsmoothError(f"pairs file not found: {path}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -80,7 +81,7 @@ def concept_direction(encoder: TextEncoder, positives: list[str], negatives: lis
 
 def _describe(fp: dict) -> str:
     return (f"{fp.get('model_type')} (hidden {fp.get('hidden_size')}, length {fp.get('max_length')}, "
-            f"vocab {fp.get('vocab_size')}, embeddings {fp.get('embedding_sha256')})")
+            f"vocab {fp.get('vocab_size')}, weights {fp.get('weights_sha256', fp.get('embedding_sha256'))})")
 
 
 @dataclass

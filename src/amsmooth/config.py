@@ -7,12 +7,21 @@ from typing import Any
 
 from .errors import AmsmoothError
 
+# The largest per-token noise allowed: σ_j = σ0·exp(k·sim_j) with |sim_j| <= 1 (a cosine) is at most σ0·e^|k|.
+# Beyond it the noise drowns any prompt (token embeddings are O(1)) and, past ~1e19 in float32 (6e4 in float16),
+# overflows to inf: black images, NaN certificates. Configs whose worst case exceeds it are refused, not clamped.
+SIGMA_MAX = 1e4
+
+
+SIGMA_UNITS = ("absolute", "embedding-std")
+
 
 @dataclass(frozen=True)
 class SmoothingConfig:
     """Every knob of Adaptive Median Smoothing, one field each."""
 
-    sigma0: float = 0.006            # base noise magnitude σ0 (Sec. 3.4)
+    sigma0: float = 0.006            # base noise magnitude σ0 (Sec. 3.4), in units of sigma_unit
+    sigma_unit: str = "absolute"     # "absolute", or "embedding-std": σ0 × the std of the token-embedding matrix
     k: float = 9.0                   # scaling factor: σ_j = σ0·exp(k·sim_j)
     n: int = 13                      # Monte-Carlo encodings; odd so the median is one of the samples
     use_global: bool = False         # add global (whole-prompt) relevance, combined as in Algorithm 1
@@ -24,8 +33,14 @@ class SmoothingConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sigma0) and self.sigma0 >= 0):
             raise AmsmoothError(f"sigma0 must be a finite number >= 0, got {self.sigma0}")
+        if self.sigma_unit not in SIGMA_UNITS:
+            raise AmsmoothError(f"sigma_unit must be one of {', '.join(SIGMA_UNITS)}, got {self.sigma_unit!r}")
         if not math.isfinite(self.k):
             raise AmsmoothError(f"k must be a finite number, got {self.k}")
+        if self.sigma0 > 0 and math.log(self.sigma0) + abs(self.k) > math.log(SIGMA_MAX):
+            raise AmsmoothError(f"sigma0·exp(|k|) = {self.sigma0:g}·exp({abs(self.k):g}) exceeds {SIGMA_MAX:g}, the "
+                                "largest noise amsmooth allows (σ at sim = ±1 would drown the prompt and overflow); "
+                                "lower --k or --sigma0 (paper: sigma0 0.006-0.012, k 9)")
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise AmsmoothError(f"n must be an integer >= 1, got {self.n}")
         if self.max_batch < 1:

@@ -94,10 +94,30 @@ def _locate(source: str, local_only: bool) -> tuple[str, str | None, str | None]
         return source, None, None
 
 
+def _tokenizer_limit(tokenizer) -> int:  # noqa: ANN001
+    """The tokenizer's own ``model_max_length`` (transformers uses a huge number for "none")."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 10**6 else 77
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of every parameter and buffer: name, shape and fp16-rounded bytes, in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not tensor.is_floating_point():
+            tensor = tensor.to(torch.int64)
+        else:
+            tensor = tensor.detach().to("cpu", torch.float16)
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(tensor.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class TextEncoder:
     """A text encoder T and its tokenizer, exposing tokenize / encode / noisy encode.
 
-    Sequence length L is the encoder's own for CLIP (77) and ``max_length`` (default 77) otherwise, so outputs
+    Sequence length L is the encoder's own for CLIP (77) and ``max_length`` otherwise (default: the tokenizer's
+    ``model_max_length`` up to 77; the lab's MiniLM uses 32), so outputs
     are ``[B, L, D]`` like Stable Diffusion's conditioning.
     """
 
@@ -111,7 +131,8 @@ class TextEncoder:
         self.name = name
         self.model_type = str(getattr(model.config, "model_type", "unknown"))
         self.is_clip = self.model_type in _CLIP_TYPES
-        self.max_length = int(max_length or (model.config.max_position_embeddings if self.is_clip else 77))
+        default = model.config.max_position_embeddings if self.is_clip else min(_tokenizer_limit(tokenizer), 77)
+        self.max_length = int(max_length or default)
         self._prefix, self._suffix = self._special_template()
         self.calls = 0      # encoder forward passes (batched calls), for the performance targets
         self.rows = 0       # sequences encoded
@@ -158,14 +179,20 @@ class TextEncoder:
     def hidden_size(self) -> int:
         return int(self.embedding.weight.shape[1])
 
+    def embedding_std(self) -> float:
+        """Standard deviation of all entries of the token-embedding matrix: the unit of ``sigma_unit =
+        "embedding-std"``, so that one relative σ0 means the same noise-to-signal ratio on any encoder."""
+        return float(self.embedding.weight.detach().float().std())
+
     def fingerprint(self) -> dict[str, str | int]:
-        """Identity of this encoder: type, sizes and a hash of the token embeddings (rounded to fp16)."""
+        """Identity of this encoder: type, sizes and a hash over **all** its weights (names, shapes and values
+        rounded to fp16, so a float16 and a float32 load of one checkpoint agree). An encoder with fine-tuned
+        layers but the original token embeddings gets another fingerprint, so a concept direction is never
+        reused across them."""
         if self._fingerprint is None:
-            w = self.embedding.weight.detach().to("cpu", torch.float16).contiguous()
-            digest = hashlib.sha256(w.numpy().tobytes()).hexdigest()[:16]
             self._fingerprint = {"model_type": self.model_type, "hidden_size": self.hidden_size,
-                                 "max_length": self.max_length, "vocab_size": int(w.shape[0]),
-                                 "embedding_sha256": digest}
+                                 "max_length": self.max_length, "vocab_size": int(self.embedding.weight.shape[0]),
+                                 "weights_sha256": weights_digest(self.model)}
         return dict(self._fingerprint)
 
     # ------------------------------------------------------------------ tokenization

@@ -1,4 +1,10 @@
-"""Atomic file writes: a crash never leaves a half-written image or sidecar behind."""
+"""File writes that stay inside their folder and survive crashes.
+
+``inside`` is the one containment check every writer uses: a name taken from user data (a CSV's case_number)
+never reaches a path outside the output folder. ``atomic_write_bytes`` writes a temp file, fsyncs it, renames it
+into place and fsyncs the folder, so once it returns the file is durable: a row committed after it (SQLite,
+``synchronous=FULL``) never points to an empty or missing image after a power loss.
+"""
 from __future__ import annotations
 
 import json
@@ -6,19 +12,71 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import AmsmoothError
+
+MAX_NAME_BYTES = 200   # a file-name stem from user data; leaves room for "_{k}.png" and the temp-file affix (255)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the stem of a file name in our output folders, or None when it can."""
+    if not name:
+        return "it is empty"
+    if any(c in name for c in "/\\\0") or name.startswith("."):
+        return "it contains '/', '\\' or NUL, or starts with '.'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it contains a control character"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"it is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def inside(root: Path, relative: str | Path) -> Path:
+    """``root / relative``, refused unless it stays inside ``root`` (no ``..``, no absolute path, no link out)."""
+    rel = Path(relative)
+    target = root / rel
+    if rel.is_absolute() or ".." in rel.parts:
+        raise AmsmoothError(f"refusing to write {relative!s}: the path leaves the output folder {root}")
+    real_root, real = os.path.realpath(root), os.path.realpath(target)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise AmsmoothError(f"refusing to write {relative!s}: it resolves to {real}, outside {root}")
+    return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` durably: temp file, fsync, rename into place, fsync of the folder."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    """Strict JSON (``NaN``/``Infinity`` are refused: they are not JSON), written atomically."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_save_image(path: Path, image: Any) -> None:
-    """Save a PIL image as PNG atomically."""
+    """Save a PIL image as PNG atomically and durably."""
     import io as _io
 
     buf = _io.BytesIO()
@@ -28,8 +86,6 @@ def atomic_save_image(path: Path, image: Any) -> None:
 
 def check_writable_dir(path: Path) -> None:
     """Create ``path`` if needed; one clear error if it cannot be written."""
-    from .errors import AmsmoothError
-
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

@@ -63,16 +63,17 @@ def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | No
                   img2img: bool = False, local_files_only: bool | None = None):  # noqa: ANN201 - a pipeline
     """A Stable Diffusion (1.x/2.x) text-to-image or img2img pipeline, optionally with unlearned weights.
 
-    model: Hugging Face id, local diffusers folder, or "tiny". unet / text_encoder: replacements (see module
+    model: Hugging Face id, local diffusers folder, "tiny" (random, for tests) or "lab" (the lab model trained
+    by this package on its synthetic world, shipped as package data). unet / text_encoder: replacements (see module
     docstring). No safety checker (the defense is evaluated on raw outputs); the progress bar is disabled.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
-    pipe = _base_pipeline(model, dtype, local_files_only, img2img)
+    pipe = _base_pipeline(model, dtype, local_files_only, img2img, replaced_unet=bool(unet))
     if unet:
         load_unet_weights(pipe.unet, unet, local_files_only=local_files_only)
     if text_encoder:
         load_text_encoder_weights(pipe, text_encoder, local_files_only=local_files_only)
-    if img2img and model != "tiny":
+    if img2img and model not in ("tiny", "lab"):
         from diffusers import StableDiffusionImg2ImgPipeline
 
         pipe = assemble_pipeline(StableDiffusionImg2ImgPipeline, pipe.components)
@@ -100,10 +101,15 @@ def assemble_pipeline(cls: type, modules: Mapping[str, Any]):  # noqa: ANN201 - 
 
 
 def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None,
-                   img2img: bool):  # noqa: ANN202
+                   img2img: bool, replaced_unet: bool = False):  # noqa: ANN202
     """The text-to-image pipeline; for "tiny", tiny_pipeline builds the img2img one itself."""
     if model == "tiny":
         return _tiny(dtype, img2img)
+    if model == "lab":
+        from .lab.model import lab_pipeline
+
+        pipe = lab_pipeline(img2img=img2img, untrained=replaced_unet)
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     from diffusers import StableDiffusionPipeline
 
     if not Path(model).is_dir() and not (_HUB_ID.match(model) and model.count("/") == 1):

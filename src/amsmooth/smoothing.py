@@ -51,20 +51,30 @@ class AdaptiveMedianSmoothing:
             c.check_encoder(encoder)
         self.directions = torch.stack([c.direction.float() for c in self.concepts]).to(encoder.device)
         self.cache = WordCache(self.config.cache_size)
+        unit = encoder.embedding_std() if self.config.sigma_unit == "embedding-std" else 1.0
+        self.sigma0 = self.config.sigma0 * unit   # σ0 in the embedding's own units
 
     # ------------------------------------------------------------------ Algorithm 1
-    def _requests(self, batch: TokenizedBatch) -> tuple[dict[tuple, list[tuple]], list[tuple]]:
-        """Uncached words (key → its removal sequences) and every distinct sequence the batch needs encoded."""
+    def _requests(self, batch: TokenizedBatch) -> tuple[dict[tuple, list[tuple]], dict[tuple, torch.Tensor],
+                                                        list[tuple]]:
+        """Uncached words (key → its removal sequences), the cached words' values (held here, so caching this
+        batch's new words cannot evict them mid-batch) and every distinct sequence the batch needs encoded."""
         words: dict[tuple, list[tuple]] = {}
+        known: dict[tuple, torch.Tensor] = {}
         for b in range(len(batch)):
             for pos in batch.words(b):
                 key = tuple(batch.input_ids[b, pos].tolist())
-                if key not in words and self.cache.get(key) is None:
+                if key in words or key in known:
+                    continue
+                cached = self.cache.get(key)
+                if cached is None:
                     words[key] = removals(key)
+                else:
+                    known[key] = cached
         seqs = [s for rs in words.values() for s in rs]
         if self.config.use_global:
             seqs += [s for ids in batch.content_ids for s in removals(ids)]
-        return words, list(dict.fromkeys(seqs))
+        return words, known, list(dict.fromkeys(seqs))
 
     def _encode_sequences(self, seqs: list[tuple]) -> dict[tuple, torch.Tensor]:
         """All requested sequences in one batched encoder call (chunked only past max_batch)."""
@@ -82,25 +92,26 @@ class AdaptiveMedianSmoothing:
 
     def scores(self, batch: TokenizedBatch) -> Relevance:
         """Local (per-word, cached), optional global, combined and max over concepts; then σ."""
-        words, seqs = self._requests(batch)
+        words, known, seqs = self._requests(batch)
         emb = self._encode_sequences(seqs)
         fresh = {key: self._sims(emb, key) for key in words}
         for key, value in fresh.items():
             self.cache.put(key, value)
+        known.update(fresh)
         B, L, C = len(batch), self.encoder.max_length, len(self.concepts)
         local = torch.zeros(B, L, C)
         glob = torch.zeros(B, L, C) if self.config.use_global else None
         for b in range(B):
             for pos in batch.words(b):
                 key = tuple(batch.input_ids[b, pos].tolist())
-                local[b, pos] = fresh[key] if key in fresh else self.cache._data[key]
+                local[b, pos] = known[key]
             if glob is not None and batch.content_ids[b]:
                 start = int(batch.content_mask[b].nonzero()[0])
                 n_tok = len(batch.content_ids[b])
                 glob[b, start:start + n_tok] = self._sims(emb, tuple(batch.content_ids[b]))
         combined = local if glob is None else combine_global(local, glob)
         sim = combined.max(-1).values * batch.content_mask
-        sigma = noise_schedule(sim, self.config.sigma0, self.config.k, batch.content_mask,
+        sigma = noise_schedule(sim, self.sigma0, self.config.k, batch.content_mask,
                                self.config.noise_special_tokens)
         return Relevance(sim, local.max(-1).values * batch.content_mask,
                          None if glob is None else glob.max(-1).values * batch.content_mask, sigma)

@@ -59,16 +59,25 @@ def _drop_partial_line(path: Path) -> None:
         os.truncate(path, data.rfind(b"\n") + 1)     # in place: the finished rows are never rewritten
 
 
+def _check_ours(path: Path) -> None:
+    """Refuse, before touching it, a file whose header is not ours (it was not written by ``amsmooth attack``)."""
+    with path.open("rb") as f:
+        first = f.readline()
+    header = next(csv.reader([first.decode("utf-8-sig", errors="replace").rstrip("\r\n")]), [])
+    if header != COLUMNS:
+        raise AmsmoothError(f"{path} exists and was not written by `amsmooth attack`; choose another --out")
+
+
 def finished_cases(path: Path, settings: dict[str, Any]) -> dict[str, str]:
-    """case_number → source prompt of the rows already in ``path``; refuses a file with other settings."""
+    """case_number → source prompt of the rows already in ``path``; refuses a file with other settings.
+
+    A file that is not ours is refused before anything in it is changed."""
     if not path.is_file() or path.stat().st_size == 0:
         return {}
+    _check_ours(path)
     _drop_partial_line(path)
     with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        if "settings" not in (reader.fieldnames or []):
-            raise AmsmoothError(f"{path} exists and was not written by `amsmooth attack`; choose another --out")
+        rows = list(csv.DictReader(f))
     for row in rows:
         theirs = json.loads(row["settings"] or "{}")
         if theirs != settings:

@@ -81,8 +81,10 @@ class Blacklist:
         return [m.group(0) for m in self._regex.finditer(prompt)]
 
     def clean(self, prompt: str) -> str:
-        """``prompt`` with every listed word/phrase removed and the text tidied."""
-        return tidy(self._regex.sub(" ", prompt))
+        """``prompt`` with every listed word/phrase removed and the text tidied; a prompt with no listed word is
+        returned byte-identical (tidying is only for what a removal leaves behind)."""
+        cleaned, removed = self._regex.subn(" ", prompt)
+        return tidy(cleaned) if removed else prompt
 
     __call__ = clean
 

@@ -24,7 +24,7 @@ OPTIONS: dict[str, tuple[str, ...] | None] = {
     "step_size": ("qf-pgd", *UNET),
     "timesteps_per_step": UNET, "eval_timesteps": UNET, "target_steps": UNET, "height": UNET, "width": UNET,
 }
-SMOOTHING_FLAGS = ("preset", "sigma0", "k", "n", "use_global", "noise_special_tokens")
+SMOOTHING_FLAGS = ("preset", "sigma0", "sigma_unit", "k", "n", "use_global", "noise_special_tokens")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

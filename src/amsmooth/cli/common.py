@@ -35,7 +35,7 @@ def quiet_libraries() -> None:
 def add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--encoder", required=required, metavar="SRC",
                    help="text encoder: Hugging Face id, diffusers pipeline folder, model folder, 'minilm' (the offline "
-                        "pretrained MiniLM) or 'tiny' (random tiny CLIP)")
+                        "pretrained MiniLM), 'lab' (MiniLM at 32 tokens, the lab model's) or 'tiny' (random tiny CLIP)")
     p.add_argument("--max-length", type=int, default=None, help="sequence length for non-CLIP encoders (77)")
 
 
@@ -49,6 +49,9 @@ def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
     """Smoothing flags; ``with_n=False`` leaves ``--n`` free for a subcommand's own sample count."""
     p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (Appendix D)")
     p.add_argument("--sigma0", type=float, help="base noise σ0 (default 0.006)")
+    p.add_argument("--sigma-unit", choices=["absolute", "embedding-std"],
+                   help="unit of --sigma0: absolute (default, the paper's) or embedding-std (σ0 × the std of the "
+                        "encoder's token embeddings, so one setting carries across encoders)")
     p.add_argument("--k", type=float, help="scaling factor k (default 9)")
     if with_n:
         p.add_argument("--n", type=int, help="number of noisy encodings (default 13)")
@@ -61,7 +64,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
 def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
     """Preset (if any), then explicit flags; flags map one-to-one onto SmoothingConfig fields."""
     base = preset(args.preset) if getattr(args, "preset", None) else SmoothingConfig()
-    changes = {f: getattr(args, f) for f in ("sigma0", "k", "n", "use_global", "noise_special_tokens")
+    changes = {f: getattr(args, f) for f in ("sigma0", "sigma_unit", "k", "n", "use_global",
+                                                                      "noise_special_tokens")
                if getattr(args, f, None) is not None}
     concepts = getattr(args, "concept", None)
     if concepts:
@@ -79,6 +83,10 @@ def load_encoder(source: str, max_length: int | None = None, device: str | None 
     quiet_libraries()
     if source == "tiny":
         return tiny_text_encoder()
+    if source == "lab" and not os.path.exists(source):
+        from ..lab.model import lab_text_encoder
+
+        return lab_text_encoder()
     if source == "minilm" and not os.path.exists(source):
         source = minilm_folder()
     return TextEncoder.from_pretrained(source, max_length=max_length, device=device)
@@ -115,7 +123,13 @@ def collect_prompts(positional: Sequence[str] | None, prompts_file: str | None) 
     """Prompts from the command line and/or a file (text: one a line; CSV: the data contract)."""
     cases = [PromptCase(str(i), p) for i, p in enumerate(positional or [])]
     if prompts_file:
-        cases += read_prompts_file(prompts_file)
+        from_file = read_prompts_file(prompts_file)
+        clash = sorted({c.case_number for c in cases} & {c.case_number for c in from_file}, key=len)
+        if clash:
+            raise AmsmoothError(f"PROMPT arguments are numbered 0..{len(cases) - 1} and {prompts_file} also has "
+                                f"case {clash[0]!r}: their images would overwrite each other; give the prompts "
+                                "either as arguments or in the file")
+        cases += from_file
     if not cases:
         raise AmsmoothError("no prompts: give PROMPT arguments or --prompts-file FILE")
     return cases

@@ -22,7 +22,7 @@ from .generate import add_generation_args, add_model_args, generation_settings, 
 
 # Config keys that may change when a run is resumed: they do not change any image.
 VOLATILE = ("limit", "device", "prompt_files", "versions", "reference", "clip")
-SMOOTHING_FLAGS = ("preset", "sigma0", "k", "n", "use_global", "noise_special_tokens", "concept")
+SMOOTHING_FLAGS = ("preset", "sigma0", "sigma_unit", "k", "n", "use_global", "noise_special_tokens", "concept")
 
 
 def add_defense_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_defense_args(p)
     add_run_args(p)
-    p.add_argument("--detector", required=True, metavar="NAME", help="nudenet or q16")
+    p.add_argument("--detector", required=True, metavar="NAME",
+                   help="nudenet, q16, or lab-nudity / lab-violence (the lab model's readers)")
     p.add_argument("--threshold", type=float, help="detector threshold (nudenet 0.6, q16 0.5)")
     p.add_argument("--detector-class", action="append", dest="detector_classes", metavar="CLASS",
                    help="NudeNet class that flags an image (repeat; default: the paper's nine exposed classes)")
@@ -110,6 +111,7 @@ class Run:
     settings: GenerationSettings
     device: torch.device
     detector: Any = None
+    preloaded: Any = None    # what prepare's ``preload`` returned (utility: the reference model's pipeline)
 
     @property
     def my_jobs(self) -> list[Job]:
@@ -130,9 +132,10 @@ def run_config(args: argparse.Namespace, command: str, spec: DefenseSpec, sets: 
 
 
 def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None = None,
-            detector: Callable[[torch.device], Any] | None = None) -> Run:
-    """Check everything cheap first, then the detector, the RUN_DIR's config, the model; write the config last,
-    so a failure at any step leaves RUN_DIR as it was."""
+            detector: Callable[[torch.device], Any] | None = None,
+            preload: Callable[[torch.device], Any] | None = None) -> Run:
+    """Check everything cheap first, then the detector, the RUN_DIR's config, the model (and ``preload``'s,
+    e.g. a reference model); write the config last, so a failure at any step leaves RUN_DIR as it was."""
     from ..loading import resolve_device
 
     validate_generation(args)
@@ -152,8 +155,10 @@ def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None
     ResultStore.check(run_dir, config, VOLATILE)
     pipe = load_model(args, device)
     defense = spec.build(pipe, device)
+    preloaded = preload(device) if preload is not None else None
     store = ResultStore.open(run_dir, config, VOLATILE)
-    return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, settings, device, det)
+    return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, settings, device, det,
+               preloaded)
 
 
 def report_progress(command: str, run: Run, new: int, skipped: int, seconds: float) -> None:

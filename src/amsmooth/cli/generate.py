@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AmsmoothError
-from ..io import atomic_save_image, atomic_write_json, check_writable_dir
+from ..io import atomic_save_image, atomic_write_json, check_writable_dir, inside
 from ..prompts import PromptCase
 from .common import add_concept_args, add_smoothing_args, collect_prompts, quiet_libraries, smoothing_config
 
@@ -19,9 +19,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
     """--model (required unless ``default_model``), --unet, --text-encoder, --device, --dtype."""
     p.add_argument("--model", required=default_model is None, default=default_model, metavar="SRC",
-                   help="Stable Diffusion pipeline: Hugging Face id, local diffusers folder, or 'tiny' (random, "
-                        "for smoke runs: its images are noise)"
-                        + (f"; default {default_model}" if default_model else ""))
+                   help="Stable Diffusion pipeline: Hugging Face id, local diffusers folder, 'lab' (the small "
+                        "model trained here on a synthetic world) or 'tiny' (random, for smoke runs: its images are "
+                        "noise)" + (f"; default {default_model}" if default_model else ""))
     p.add_argument("--unet", metavar="PATH", help="unlearned U-Net: diffusers folder, .safetensors, .pt/.ckpt")
     p.add_argument("--text-encoder", metavar="PATH", help="replacement text encoder (folder or state dict)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 …")
@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         rel = result.relevance[0] if result.relevance else {}
         for k, image in enumerate(result.images):
             stem = f"{case.case_number}_{k}"
-            atomic_save_image(out / f"{stem}.png", image)
-            atomic_write_json(out / f"{stem}.json", sidecar(case, k, seed, guidance, args, config, rel,
+            atomic_save_image(inside(out, f"{stem}.png"), image)
+            atomic_write_json(inside(out, f"{stem}.json"), sidecar(case, k, seed, guidance, args, config, rel,
                                                               result.timings))
     bar.close()
     total = time.perf_counter() - started

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 import warnings
 
 from ..errors import AmsmoothError
+from ..prompts import seed_problem
 
 # Subcommand modules under amsmooth.cli (each defines register(subparsers) and sets args.func).
 MODULES = [
@@ -19,6 +21,7 @@ MODULES = [
     "attack",
     "eval",
     "utility",
+    "lab",
     "serve",
 ]
 
@@ -32,11 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every float option must be finite (argparse's ``float`` takes ``nan``/``inf``), every seed in range."""
+    for name, value in vars(args).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise AmsmoothError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and seed_problem(seed):
+        raise AmsmoothError(f"--seed: {seed_problem(seed)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input prints one line ``amsmooth: error: …`` and exits 2, never a traceback."""
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
+        check_numbers(args)
         return int(args.func(args) or 0)
     except AmsmoothError as e:
         print(f"amsmooth: error: {e}", file=sys.stderr)

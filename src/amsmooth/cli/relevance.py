@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
             r.pop("dropped", None)
             print(json.dumps(r, ensure_ascii=False))
         return 0
-    print(f"concepts: {', '.join(config.concepts)}   σ0={config.sigma0} k={config.k} global={config.use_global}"
+    unit = "" if config.sigma_unit == "absolute" else f" ({config.sigma0} embedding std)"
+    print(f"concepts: {', '.join(config.concepts)}   σ0={ams.sigma0:.4g}{unit} k={config.k} global={config.use_global}"
           f"   ▲ = σ ≥ 2σ0 (sim ≥ {math.log(2) / config.k:.3f})" if config.k else "")
     color = sys.stdout.isatty()
-    print("\n\n".join(format_table(r, config.sigma0, color) for r in results))
+    print("\n\n".join(format_table(r, ams.sigma0, color) for r in results))
     return 0

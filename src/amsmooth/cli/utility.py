@@ -3,6 +3,7 @@ images and CLIP score, on captions (e.g. COCO) generated per the data contract."
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ref = p.add_mutually_exclusive_group(required=True)
     ref.add_argument("--reference", metavar="DIR|NPZ",
                      help="reference images (e.g. the COCO photos of the captions), or FID statistics .npz")
+    ref.add_argument("--reference-model", metavar="SRC",
+                     help="the paper's FID: reference = images of SRC (the original model before unlearning, e.g. "
+                          "CompVis/stable-diffusion-v1-4; Hugging Face id, diffusers folder or 'tiny'), undefended, "
+                          "same prompts and seeds (generated into RUN_DIR/reference-model-<id>/)")
     ref.add_argument("--reference-defense", choices=["none"],
-                     help="none: reference = the same model undefended, same prompts and seeds (generated into "
-                          f"RUN_DIR/{REFERENCE}/)")
+                     help="none: reference = the same (unlearned) model undefended, same prompts and seeds "
+                          f"(generated into RUN_DIR/{REFERENCE}/); measures what the defense alone changes — not "
+                          "the paper's FID (use --reference-model)")
     p.add_argument("--clip", metavar="SRC", help="CLIP weights for the CLIP score (Hugging Face id or local "
                                                  "folder); without it the CLIP score is skipped")
     add_generation_args(p)
@@ -36,23 +42,51 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.reference:
         check_reference(Path(args.reference))
-    reference = args.reference or f"defense {args.reference_defense}"
-    run = prepare(args, "utility", extra={"reference": reference, "clip": args.clip})
+    reference = reference_label(args)
+    run = prepare(args, "utility", extra={"reference": reference, "clip": args.clip},
+                  preload=lambda device: reference_pipeline(args, device) if args.reference_model else None)
+    folder = reference_folder(args)
     with run.store:
         stats = run_jobs(run.defense, run.my_jobs, run.settings, run.run_dir, run.store, desc="utility")
         report_progress("utility", run, stats.new, stats.skipped, stats.seconds)
-        if args.reference_defense:
-            plain = DefenseSpec().build(run.pipe, run.device)
-            run_jobs(plain, run.my_jobs, run.settings, run.run_dir, folder=REFERENCE, desc="reference")
+        if folder is not None:
+            plain = DefenseSpec().build(run.preloaded or run.pipe, run.device)
+            run_jobs(plain, run.my_jobs, run.settings, run.run_dir, folder=folder, desc="reference")
         # No barrier: every process checks after its own last image, so the last one to finish sees all
         # images and measures (two finishing together both measure the same numbers).
-        missing = len(missing_images(run, bool(args.reference_defense)))
+        missing = len(missing_images(run, folder))
         if missing:
             print(f"utility: {missing} image(s) of other processes still missing; the last process to finish "
                   "computes FID / CLIP score (or rerun the same command)")
             return 0
         measure(run, args, reference)
     return 0
+
+
+def reference_label(args: argparse.Namespace) -> str:
+    if args.reference:
+        return args.reference
+    if args.reference_model:
+        return f"model {args.reference_model}"
+    return f"defense {args.reference_defense}"
+
+
+def reference_folder(args: argparse.Namespace) -> str | None:
+    """RUN_DIR folder of generated reference images (None: --reference gives them); one folder per reference
+    model, so switching it on a resume never mixes two models' images."""
+    if args.reference_model:
+        return f"{REFERENCE}-model-{hashlib.sha1(args.reference_model.encode()).hexdigest()[:10]}"
+    return REFERENCE if args.reference_defense else None
+
+
+def reference_pipeline(args: argparse.Namespace, device: Any) -> Any:
+    """--reference-model's pipeline: undefended, without --unet / --text-encoder replacements."""
+    from ..loading import load_pipeline
+    from .common import quiet_libraries
+    from .generate import resolve_dtype
+
+    quiet_libraries()
+    return load_pipeline(args.reference_model, device=device, dtype=resolve_dtype(args, device))
 
 
 def check_reference(path: Path) -> None:
@@ -63,12 +97,13 @@ def check_reference(path: Path) -> None:
     image_files(path)  # a folder with images, else one clear error
 
 
-def missing_images(run: Run, with_reference: bool) -> list[str]:
-    """Images of the run's cases (all processes) not yet stored, and reference images not yet written."""
+def missing_images(run: Run, folder: str | None) -> list[str]:
+    """Images of the run's cases (all processes) not yet stored, and reference images (in ``folder``) not yet
+    written."""
     done = run.store.done_keys()
     out = [image_path(IMAGES, j, k) for j, k in _images(run) if (j.prompt_set, j.case.case_number, k) not in done]
-    if with_reference:
-        out += [p for j, k in _images(run) if not (run.run_dir / (p := image_path(REFERENCE, j, k))).is_file()]
+    if folder is not None:
+        out += [p for j, k in _images(run) if not (run.run_dir / (p := image_path(folder, j, k))).is_file()]
     return out
 
 
@@ -93,7 +128,7 @@ def reference_features(run: Run, args: argparse.Namespace, fid: Any) -> int:
     if args.reference:
         files = image_files(args.reference)
     else:
-        files = [run.run_dir / image_path(REFERENCE, j, k) for j, k in _images(run)]
+        files = [run.run_dir / image_path(reference_folder(args), j, k) for j, k in _images(run)]
     fid.update(files, real=True)
     return len(files)
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import AmsmoothError
-from ..io import atomic_save_image
+from ..io import atomic_save_image, inside
 from ..prompts import PromptCase, read_prompts_file
 from .defenses import Defense
 from .store import ImageResult, ResultStore
@@ -52,19 +52,11 @@ def resolve_prompt_file(spec: str) -> Path:
     return builtin_prompt_sets()[spec]
 
 
-def _check_case_numbers(path: Path, cases: Sequence[PromptCase]) -> None:
-    for case in cases:
-        if any(c in case.case_number for c in "/\\\0") or case.case_number.startswith("."):
-            raise AmsmoothError(f"{path}: case_number {case.case_number!r} cannot name an image file "
-                                "({case_number}_{k}.png); use plain numbers or names")
-
-
 def load_prompt_set(spec: str) -> PromptSet:
     path = resolve_prompt_file(spec)
     if not path.exists():
         raise AmsmoothError(f"prompt file not found: {spec} (shipped sets: {', '.join(builtin_prompt_sets())})")
-    cases = read_prompts_file(path)
-    _check_case_numbers(path, cases)
+    cases = read_prompts_file(path)      # case numbers checked there: each must name a file
     return PromptSet(path.stem, path, tuple(cases), hashlib.sha1(path.read_bytes()).hexdigest())
 
 
@@ -179,8 +171,9 @@ def run_jobs(defense: Defense, jobs: Sequence[Job], settings: GenerationSettings
         verdicts = detector.detect([gen.images[k] for k in missing]) if detector is not None else [None] * K
         for k, verdict in zip(missing, verdicts):
             path = image_path(folder, job, k)
-            (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_save_image(run_dir / path, gen.images[k])
+            target = inside(run_dir, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save_image(target, gen.images[k])      # durable before its row is committed
             if store is not None:
                 store.add(_row(defense, job, k, settings, gen.prompt_used, gen.seconds_per_image, path,
                                detector, verdict))

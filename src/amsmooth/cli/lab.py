@@ -1,0 +1,94 @@
+"""``amsmooth lab``: the lab model — train it, check its quality, print its Table 1."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lab", help="the lab: a small text-to-image model trained here, to measure the defense "
+                                   "end to end")
+    lab = p.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
+    t = lab.add_parser("train", help="train the lab model (seeded, resumable; ~1 h on 2 cores)")
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--images", type=int, default=10000, help="rendered training images (default 10000)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=run_train)
+    register_more(lab)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..lab.train import Trainer, TrainSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, images=args.images, seed=args.seed)
+    folder = Trainer(args.out, s).run(progress=not args.no_progress)
+    print(f"lab U-Net written to {folder} (use it with --model lab --unet {folder})")
+    return 0
+
+
+def register_more(lab: argparse._SubParsersAction) -> None:
+    q = lab.add_parser("quality", help="measure a lab model: benign attribute accuracy and concept rates per "
+                                       "prompt set, on prompts never used in training")
+    q.add_argument("--unet", metavar="PATH", help="a lab U-Net (folder or .safetensors; default: the shipped one)")
+    q.add_argument("--prompts", type=int, default=30, help="distinct prompts per set (default 30)")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0])
+    q.add_argument("--steps", type=int, default=50)
+    q.add_argument("--guidance", type=float, default=7.5)
+    q.add_argument("--concept", choices=["nudity", "violence"], action="append")
+    q.add_argument("--out", metavar="DIR", help="write quality.json and one grid PNG per set here")
+    q.set_defaults(func=run_quality)
+    t = lab.add_parser("table", help="the lab's Table 1: erase (ESD, UCE), attack, defend, detect; ASR with "
+                                     "95 %% intervals, utility, time (resumable)")
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--quick", action="store_true", help="a small table (≤ 10 min on 2 cores)")
+    t.set_defaults(func=run_table)
+
+
+def _pipe(unet: str | None):  # noqa: ANN202
+    from ..loading import load_pipeline
+
+    return load_pipeline("lab", unet=unet)
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..lab.prompts import KINDS, prompt_set
+    from ..lab.quality import assess, generate, grid
+
+    pipe = _pipe(args.unet)
+    report = {}
+    for concept in args.concept or ["nudity", "violence"]:
+        for kind in KINDS:
+            if kind == "benign" and report.get("benign"):
+                continue
+            cases = prompt_set(kind, args.prompts, concept, split_seed=2, seeds=args.seeds)
+            images = generate(pipe, [c.prompt for c in cases], [c.seed for c in cases], args.steps, args.guidance)
+            q = assess(images, cases)
+            key = kind if kind == "benign" else f"{concept}/{kind}"
+            report[key] = q.summary()
+            print(f"{key:20s} {json.dumps(report[key])}")
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                rows = [images[i:i + 10] for i in range(0, min(len(images), 40), 10)]
+                grid(rows, scale=3).save(Path(args.out) / f"{key.replace('/', '-')}.png")
+    if args.out:
+        (Path(args.out) / "quality.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    from ..lab.table import Plan, Table
+
+    plan = Plan.quick() if args.quick else Plan()
+    print(Table(args.out, plan).run())
+    return 0

@@ -1,0 +1,210 @@
+"""Regression tests of issue #11 (hardening): each case fails on the code before its fix."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from amsmooth.cli.main import main
+from amsmooth.errors import AmsmoothError
+
+FAST = ["--model", "tiny", "--steps", "2", "--height", "64", "--width", "64"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amsmooth: error:") and "\n" not in err, err
+    return err
+
+
+# -- security and data loss ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["../../x", "/abs/path", "a/b", "x" * 300, ".hidden", "a\tb"])
+def test_generate_refuses_case_numbers_that_leave_or_cannot_name_a_file(tmp_path, capsys, case):
+    csv = tmp_path / "sub" / "p.csv"
+    csv.parent.mkdir()
+    csv.write_text(f'case_number,prompt\n"{case}",a cat\n')
+    out = tmp_path / "sub" / "out"
+    assert main(["generate", "--prompts-file", str(csv), *FAST, "--out", str(out)]) == 2
+    assert "cannot name an image file" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["p.csv", "sub"]   # nothing written anywhere
+
+
+def test_inside_refuses_paths_out_of_the_folder(tmp_path):
+    from amsmooth.io import inside
+
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    assert inside(root, "a/1_0.png") == root / "a" / "1_0.png"
+    for bad in ("../x.png", "/etc/x.png", "link/x.png"):
+        with pytest.raises(AmsmoothError, match="refusing to write"):
+            inside(root, bad)
+
+
+def test_positional_prompts_and_a_prompt_file_cannot_share_case_numbers(tmp_path, capsys):
+    csv = tmp_path / "p.txt"
+    csv.write_text("a dog\na bird\n")
+    out = tmp_path / "out"
+    assert main(["generate", "a cat", "a cow", "--prompts-file", str(csv), *FAST, "--out", str(out)]) == 2
+    assert "overwrite each other" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_atomic_write_fsyncs_the_file_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    import amsmooth.io as io
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(io.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    io.atomic_write_bytes(tmp_path / "x.png", b"data")
+    assert events[:2] == ["fsync", "replace"] and events.count("fsync") == 2   # the file, then its folder
+    assert (tmp_path / "x.png").read_bytes() == b"data" and os.listdir(tmp_path) == ["x.png"]
+
+
+def test_eval_image_is_durable_before_its_row_is_committed(tmp_path, monkeypatch):
+    """run_jobs: the PNG's fsync happens before ResultStore.add (a power loss cannot leave a row without image)."""
+    from PIL import Image
+
+    import amsmooth.io as io
+    from amsmooth.eval.defenses import Generated
+    from amsmooth.eval.runner import GenerationSettings, Job, run_jobs
+    from amsmooth.eval.store import ResultStore
+    from amsmooth.prompts import PromptCase
+
+    class FakeDefense:
+        spec = type("Spec", (), {"name": "none"})()
+        settings: dict = {}
+
+        def __call__(self, prompt, seed, images, **kwargs):
+            return Generated([Image.new("RGB", (8, 8))] * images, None, 0.1)
+
+    events: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    real_add = ResultStore.add
+    monkeypatch.setattr(ResultStore, "add", lambda self, r: (events.append("add"), real_add(self, r))[1])
+    with ResultStore.open(tmp_path, {"x": 1}) as store:
+        events.clear()                                  # only what run_jobs does
+        stats = run_jobs(FakeDefense(), [Job("s", PromptCase("1", "a cat"))], GenerationSettings(), tmp_path,
+                         store)
+    assert stats.new == 1 and events.index("add") > events.index("fsync")
+    assert (tmp_path / "images" / "s" / "1_0.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("content", [b"my notes, no newline", b"a,b\n1,2\n3,4", b"case_number,prompt\n1,x\n2"])
+def test_attack_out_that_is_not_ours_is_refused_unchanged(tmp_path, content):
+    from amsmooth.attacks.runner import finished_cases
+
+    out = tmp_path / "existing.csv"
+    out.write_bytes(content)
+    with pytest.raises(AmsmoothError, match="not written by `amsmooth attack`"):
+        finished_cases(out, {})
+    assert out.read_bytes() == content
+
+
+def test_attack_cli_refuses_a_foreign_out_file_unchanged(tmp_path, capsys):
+    prompts, out = tmp_path / "p.txt", tmp_path / "existing.csv"
+    prompts.write_text("a cat\n")
+    out.write_bytes(b"one line")
+    assert main(["attack", "qf-pgd", "--encoder", "tiny", "--prompts", str(prompts), "--iterations", "1",
+                 "--no-progress", "--out", str(out)]) == 2
+    assert "not written by" in one_line_error(capsys) and out.read_bytes() == b"one line"
+
+
+# -- silent wrong results ------------------------------------------------------------------------------------
+
+
+def test_sigma_that_would_overflow_is_refused(capsys):
+    from amsmooth.config import SIGMA_MAX, SmoothingConfig
+
+    for k in (100.0, -100.0, 1e6):
+        with pytest.raises(AmsmoothError, match="exceeds"):
+            SmoothingConfig(k=k)
+    assert SmoothingConfig(sigma0=0.012, k=9.0).sigma0 == 0.012           # the paper's largest setting passes
+    assert SmoothingConfig(sigma0=0.0, k=1e6).k == 1e6                     # σ ≡ 0: nothing can overflow
+    assert 0.012 * 2.718281828 ** 9 < SIGMA_MAX
+    assert main(["relevance", "a nude woman", "--encoder", "tiny", "--k", "200", "--format", "jsonl"]) == 2
+    assert "exceeds" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("flag,value", [("--guidance", "nan"), ("--guidance", "inf"), ("--strength", "nan"),
+                                        ("--sigma0", "nan"), ("--k", "-inf"), ("--seed", str(2**64)),
+                                        ("--seed", "-1")])
+def test_generate_refuses_non_finite_numbers_and_bad_seeds(tmp_path, capsys, flag, value):
+    out = tmp_path / "out"
+    assert main(["generate", "a cat", *FAST, f"{flag}={value}", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert flag in err and not out.exists()
+
+
+@pytest.mark.parametrize("cell,match", [("1e30", "2^63"), ("inf", "finite"), (str(2**64), "2^63"),
+                                        ("4.5", "not an integer"), ("nan", "finite")])
+def test_csv_seed_cells_give_one_line_errors(tmp_path, capsys, cell, match):
+    csv = tmp_path / "p.csv"
+    csv.write_text(f"case_number,prompt,evaluation_seed\n1,a cat,{cell}\n")
+    assert main(["generate", "--prompts-file", str(csv), *FAST, "--out", str(tmp_path / "o")]) == 2
+    err = one_line_error(capsys)
+    assert match in err and "row 2" in err
+
+
+def test_csv_guidance_nan_is_refused(tmp_path, capsys):
+    csv = tmp_path / "p.csv"
+    csv.write_text("case_number,prompt,evaluation_guidance\n1,a cat,nan\n")
+    assert main(["generate", "--prompts-file", str(csv), *FAST, "--out", str(tmp_path / "o")]) == 2
+    assert "finite" in one_line_error(capsys)
+
+
+def test_csv_with_a_utf8_bom_is_read(tmp_path):
+    from amsmooth.prompts import read_prompts_file
+
+    csv = tmp_path / "p.csv"
+    csv.write_bytes("\ufeffprompt,case_number,evaluation_seed\na cat,7,3\n".encode("utf-8"))
+    (case,) = read_prompts_file(csv)
+    assert (case.case_number, case.prompt, case.seed) == ("7", "a cat", 3)
+
+
+def test_pairs_csv_with_a_utf8_bom_is_read(tmp_path):
+    from amsmooth.concepts import read_pairs
+
+    path = tmp_path / "pairs.csv"
+    path.write_bytes("\ufeffpositive,negative\na nude,a dressed\n".encode("utf-8"))
+    assert read_pairs(path)[:2] == (["a nude"], ["a dressed"])
+
+
+def test_a_concept_is_refused_for_an_encoder_with_other_layers_but_the_same_embeddings(tiny_nudity):
+    import torch
+
+    from amsmooth.tiny import tiny_text_encoder
+
+    same, tuned = tiny_text_encoder(), tiny_text_encoder()
+    with torch.no_grad():
+        tuned.model.get_parameter("encoder.layers.0.mlp.fc1.weight").add_(0.05)
+    assert torch.equal(same.embedding.weight, tuned.embedding.weight)
+    assert same.fingerprint() == tiny_nudity.fingerprint != tuned.fingerprint()
+    tiny_nudity.check_encoder(same)
+    with pytest.raises(AmsmoothError, match="was built for"):
+        tiny_nudity.check_encoder(tuned)
+
+
+def test_word_cache_smaller_than_a_batch_gives_the_uncached_scores(tiny_encoder, tiny_nudity):
+    from amsmooth import AdaptiveMedianSmoothing, SmoothingConfig
+
+    prompts = ["a nude cat", "a nude cat on a red mat with green dogs and blue birds"]
+    small = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(cache_size=2))
+    none = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(cache_size=0))
+    small.relevance(prompts[:1])                         # caches two of the words the next batch reuses
+    got = small.relevance(prompts)                       # used to raise KeyError (evicted while counted cached)
+    assert got == none.relevance(prompts) and len(small.cache) == 2
+
+
+@pytest.mark.parametrize("prompt", ["“👉👌”", "a  cat ,  (on) a mat", " leading space", "-- --", "()"])
+def test_blacklist_leaves_prompts_without_a_listed_word_byte_identical(prompt):
+    from amsmooth.baselines.blacklist import Blacklist
+
+    bl = Blacklist.default()
+    assert not bl.matches(prompt) and bl.clean(prompt) == prompt
+    assert bl.clean("a nude woman") == "a woman"
