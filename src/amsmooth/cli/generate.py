@@ -16,11 +16,12 @@ from .common import add_concept_args, add_smoothing_args, collect_prompts, quiet
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="SRC",
+def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    """--model (required unless ``default_model``), --unet, --text-encoder, --device, --dtype."""
+    p.add_argument("--model", required=default_model is None, default=default_model, metavar="SRC",
                    help="Stable Diffusion pipeline: Hugging Face id, local diffusers folder, 'lab' (the small "
                         "model trained here on a synthetic world) or 'tiny' (random, for smoke runs: its images are "
-                        "noise)")
+                        "noise)" + (f"; default {default_model}" if default_model else ""))
     p.add_argument("--unet", metavar="PATH", help="unlearned U-Net: diffusers folder, .safetensors, .pt/.ckpt")
     p.add_argument("--text-encoder", metavar="PATH", help="replacement text encoder (folder or state dict)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 …")

@@ -23,6 +23,7 @@ MODULES = [
     "utility",
     "lab",
     "unlearn",
+    "serve",
 ]
 
 

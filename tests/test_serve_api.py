@@ -1,0 +1,257 @@
+"""`amsmooth serve`'s JSON API with the tiny model (FastAPI TestClient): the three endpoints against the library,
+bad requests, the bounded queue and the body size limit."""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'amsmooth[serve]'")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+
+import torch  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig  # noqa: E402
+from amsmooth.certify import certify  # noqa: E402
+from amsmooth.pipeline import DefendedPipeline  # noqa: E402
+from amsmooth.serve.app import create_app  # noqa: E402
+from amsmooth.serve.schemas import MAX_SEED  # noqa: E402
+from amsmooth.serve.service import DemoService  # noqa: E402
+
+PROMPT = "a photo of a naked woman on the beach"
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def service(single_thread, tmp_path_factory):
+    import os
+
+    from amsmooth.loading import load_pipeline
+
+    os.environ["AMSMOOTH_CACHE_DIR"] = str(tmp_path_factory.mktemp("serve-cache"))
+    return DemoService(load_pipeline("tiny"), SmoothingConfig(concepts=("nudity",)), model="tiny", steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with TestClient(create_app(service, queue_size=2, max_body=2048)) as c:
+        yield c
+
+
+def png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+# ---------------------------------------------------------------------------------------------- good requests
+
+def test_relevance_is_the_librarys(client, service):
+    r = client.post("/relevance", json={"prompt": PROMPT})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ams = AdaptiveMedianSmoothing(service.encoder, [service.concept("nudity")], service.config)
+    expected = ams.relevance([PROMPT])[0]
+    assert [t["token"] for t in body["tokens"]] == [t["token"] for t in expected["tokens"]]
+    for got, want in zip(body["tokens"], expected["tokens"]):
+        assert got["sim"] == pytest.approx(want["sim"], abs=1e-6)
+        assert got["sigma"] == pytest.approx(want["sigma"], rel=1e-6)
+        assert got["high"] == (got["sigma"] >= 2 * service.config.sigma0)
+    assert body["config"]["sigma0"] == service.config.sigma0
+
+
+def test_relevance_settings_override_the_servers(client):
+    base = client.post("/relevance", json={"prompt": PROMPT}).json()
+    r = client.post("/relevance", json={"prompt": PROMPT, "sigma0": 0.02, "k": 3.0, "global": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["config"]["sigma0"] == 0.02 and body["config"]["k"] == 3.0 and body["config"]["use_global"]
+    for t in body["tokens"]:
+        assert t["sigma"] == pytest.approx(0.02 * math.exp(3.0 * t["sim"]), rel=1e-5)
+        assert t["sim_global"] is not None
+    assert [t["sim_local"] for t in body["tokens"]] == pytest.approx([t["sim_local"] for t in base["tokens"]])
+
+
+def test_generate_both_images_for_one_seed(client, service):
+    r = client.post("/generate", json={"prompt": PROMPT, "seed": 7})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["prompt"], body["seed"], body["steps"], body["model"]) == (PROMPT, 7, STEPS, "tiny")
+    assert [i["defense"] for i in body["images"]] == ["none", "ams"]
+    assert body["tokens"] and all({"token", "word", "sim", "sigma"} <= set(t) for t in body["tokens"])
+    for image in body["images"]:
+        assert set(image["timings"]) == {"text_s", "denoise_decode_s", "total_s"}
+        assert png(image["png_base64"]).size == (image["width"], image["height"])
+    plain = DefendedPipeline(service.pipe)(PROMPT, generator=torch.Generator().manual_seed(7),
+                                           num_inference_steps=STEPS).images[0]
+    assert png(body["images"][0]["png_base64"]).tobytes() == plain.tobytes()      # the undefended baseline
+    assert body["images"][0]["png_base64"] != body["images"][1]["png_base64"]     # σ > 0 changes the image
+    a, b = (np.asarray(png(i["png_base64"]), dtype=float) for i in body["images"])
+    assert body["difference"]["mean_abs"] == pytest.approx(np.abs(a - b).mean())
+    assert 0 < body["difference"]["changed_fraction"] <= 1
+
+
+def test_generate_same_seed_same_bytes(client):
+    req = {"prompt": PROMPT, "seed": MAX_SEED, "defense": "ams", "n": 3}
+    a, b = client.post("/generate", json=req).json(), client.post("/generate", json=req).json()
+    assert [i["defense"] for i in a["images"]] == ["ams"]
+    assert a["images"][0]["png_base64"] == b["images"][0]["png_base64"]
+    other = client.post("/generate", json={**req, "seed": 1}).json()
+    assert other["images"][0]["png_base64"] != a["images"][0]["png_base64"]
+    assert a["config"]["n"] == 3
+
+
+def test_generate_undefended_only_has_no_defense_fields(client):
+    body = client.post("/generate", json={"prompt": PROMPT, "defense": "none"}).json()
+    assert [i["defense"] for i in body["images"]] == ["none"]
+    assert body["config"] is None and body["tokens"] == [] and body["difference"] is None
+
+
+def test_certify_is_the_librarys(client, service):
+    r = client.post("/certify", json={"prompt": PROMPT, "seed": 3, "samples": 200, "rho": 0.5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ams = AdaptiveMedianSmoothing(service.encoder, [service.concept("nudity")], service.config)
+    want = certify(ams, [PROMPT], 0.5, 200, 0.001, torch.Generator().manual_seed(3))[0]
+    assert body["status"] == "certified"
+    assert body["bound"] == pytest.approx(want.bound, rel=1e-9)
+    assert [t["radius"] for t in body["tokens"]] == pytest.approx([t["radius"] for t in want.tokens])
+    assert body["typical_token_distance"] > 0
+
+
+def test_certify_too_few_samples_is_no_bound(client):
+    body = client.post("/certify", json={"prompt": PROMPT, "samples": 5}).json()
+    assert body["status"] == "too-few-samples" and body["bound"] is None and body["min_samples"] > 5
+
+
+def test_other_builtin_concept_on_request(client):
+    body = client.post("/relevance", json={"prompt": "a bloody fight", "concepts": ["violence", "nudity"]}).json()
+    assert body["config"]["concepts"] == ["violence", "nudity"]
+
+
+def test_page_info_and_status(client, service):
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    info = client.get("/info").json()
+    assert info["model"] == "tiny" and "nudity" in info["concepts"] and info["limits"]["max_body_bytes"] == 2048
+    assert client.get("/status").json() == {"pending": 0, "capacity": 3, "progress": None}
+
+
+def test_generate_reports_progress_per_step(client, service, monkeypatch):
+    seen = []
+    original = service.progress.advance
+    monkeypatch.setattr(service.progress, "advance", lambda k=1: (seen.append(service.progress.snapshot()),
+                                                                  original(k)))
+    client.post("/generate", json={"prompt": PROMPT, "steps": 3})
+    steps_per_image = len(seen) // 2            # one call per U-Net step of each image (PNDM adds warm-up steps)
+    assert len(seen) == 2 * steps_per_image and steps_per_image >= 3
+    assert seen[0]["total"] == len(seen) and [s["done"] for s in seen] == list(range(len(seen)))
+    assert service.progress.snapshot() is None
+
+
+# ---------------------------------------------------------------------------------------------- bad requests
+
+@pytest.mark.parametrize("body, field", [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "x" * 1001}, "prompt"),
+    ({}, "prompt"),
+    ({"prompt": "a", "sigma0": -0.1}, "sigma0"),
+    ({"prompt": "a", "sigma0": 2}, "sigma0"),
+    ({"prompt": "a", "k": 1000}, "k"),
+    ({"prompt": "a", "n": 0}, "n"),
+    ({"prompt": "a", "n": 10_000}, "n"),
+    ({"prompt": "a", "n": 2.5}, "n"),
+    ({"prompt": "a", "seed": -1}, "seed"),
+    ({"prompt": "a", "seed": MAX_SEED + 1}, "seed"),
+    ({"prompt": "a", "seed": "3"}, "seed"),
+    ({"prompt": "a", "steps": 0}, "steps"),
+    ({"prompt": "a", "defense": "blacklist"}, "defense"),
+    ({"prompt": "a", "concepts": []}, "concepts"),
+    ({"prompt": "a", "concepts": ["cats"]}, "cats"),
+    ({"prompt": "a", "sigma": 0.1}, "sigma"),
+    ({"prompt": 5}, "prompt"),
+])
+def test_bad_generate_request_is_one_422_line(client, body, field):
+    r = client.post("/generate", json=body)
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]
+    assert field in message and "\n" not in message
+
+
+@pytest.mark.parametrize("raw, field", [
+    ('{"prompt": "a", "sigma0": NaN}', "sigma0"),
+    ('{"prompt": "a", "k": Infinity}', "k"),
+    ('{"prompt": "a", "k": -1e999}', "k"),
+    ('{"prompt": "a",', "JSON"),
+    ("[1, 2]", "JSON object"),
+])
+def test_non_finite_and_malformed_json(client, raw, field):
+    r = client.post("/certify", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and field in r.json()["error"]
+
+
+@pytest.mark.parametrize("body, field", [({"prompt": "a", "rho": 0}, "rho"), ({"prompt": "a", "alpha": 1}, "alpha"),
+                                         ({"prompt": "a", "samples": 0}, "samples"),
+                                         ({"prompt": "a", "n": 13}, "n")])
+def test_bad_certify_request(client, body, field):
+    r = client.post("/certify", json=body)
+    assert r.status_code == 422 and r.json()["error"].startswith(field)
+
+
+def test_form_body_says_to_send_json(client):
+    r = client.post("/relevance", data={"prompt": "a"})
+    assert r.status_code == 422 and "Content-Type: application/json" in r.json()["error"]
+
+
+def test_library_error_is_400_and_crash_is_500_then_the_server_still_works(client, service, monkeypatch):
+    def refuse(*_):
+        raise AmsmoothError("no such thing")
+
+    def crash(*_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service, "relevance", refuse)
+    r = client.post("/relevance", json={"prompt": "a"})
+    assert r.status_code == 400 and r.json() == {"error": "no such thing"}
+    monkeypatch.setattr(service, "relevance", crash)
+    r = client.post("/relevance", json={"prompt": "a"})
+    assert r.status_code == 500 and "boom" in r.json()["error"]
+    monkeypatch.undo()
+    assert client.post("/relevance", json={"prompt": "a"}).status_code == 200
+    assert client.get("/status").json()["pending"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- limits
+
+def test_full_queue_is_refused_at_once(client):
+    queue, release = client.app.state.queue, threading.Event()
+    blockers = [queue.submit(release.wait, 30) for _ in range(queue.capacity + 1)]
+    try:
+        r = client.post("/generate", json={"prompt": PROMPT})
+        assert r.status_code == 503 and r.headers["retry-after"] and "busy" in r.json()["error"]
+        assert client.get("/status").json()["pending"] == queue.capacity + 1
+    finally:
+        release.set()
+        for b in blockers:
+            b.result(timeout=30)
+    assert client.post("/relevance", json={"prompt": PROMPT}).status_code == 200
+
+
+def test_body_over_the_limit_is_413(client):
+    big = {"prompt": "a", "concepts": ["nudity"] * 400}
+    r = client.post("/generate", json=big)
+    assert r.status_code == 413 and "2048 bytes" in r.json()["error"]
+
+    def chunks():                       # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield b" " * 500
+
+    r = client.post("/generate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert client.post("/relevance", json={"prompt": "a"}).status_code == 200
