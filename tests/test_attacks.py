@@ -1,12 +1,13 @@
-"""Attacks on the tiny CLIP: they lower their loss, keep to K real tokens, reproduce with a seed; the adaptive
-objective goes through the smoothing (differs at σ0 > 0, equals the plain one at σ0 = 0)."""
+"""Text-encoder attacks on the tiny CLIP: they lower their loss, keep to K real tokens, reproduce with a seed; the
+adaptive objective goes through the smoothing (differs at σ0 > 0); adaptive attacks at σ0 = 0 reproduce the plain
+attacks' prompts exactly (the smoothing noise has its own stream)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig
-from amsmooth.attacks import (QFPGD, QFPGDConfig, RingABell, RingABellConfig, TextObjective, Vocabulary,
+from amsmooth.attacks import (ConceptPGD, ConceptPGDConfig, RingABell, RingABellConfig, TextObjective, Vocabulary,
                               attack_class, concept_target, straight_through_median)
 from amsmooth.attacks.ring_a_bell import crossover, mutate
 from amsmooth.attacks.vocab import candidate_batch
@@ -24,8 +25,10 @@ def _ams(enc, concept, sigma0, n=5):
 
 
 def _attacks(enc, concept, vocab, smoothing=None):
-    return [RingABell(enc, concept, RingABellConfig(budget=6, iterations=6, population=16), smoothing, vocab),
-            QFPGD(enc, concept, QFPGDConfig(budget=4, iterations=8), smoothing, vocab)]
+    """Ring-A-Bell (with elitism, on whole-word tokens so that re-tokenizing is exact) and concept-PGD."""
+    return [RingABell(enc, concept, RingABellConfig(tokens=6, iterations=6, population=16, elitism=True),
+                      smoothing, vocab),
+            ConceptPGD(enc, concept, ConceptPGDConfig(tokens=4, iterations=8), smoothing, vocab)]
 
 
 def test_vocabulary_is_real_whole_word_tokens(tiny_encoder, vocab):
@@ -53,11 +56,11 @@ def test_candidate_batch_matches_tokenizing_the_text(tiny_encoder, vocab):
     assert torch.equal(built.content_mask, ref.content_mask) and torch.equal(built.word_index, ref.word_index)
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["rab", "qf-pgd"])
+@pytest.mark.parametrize("which", [0, 1], ids=["rab", "concept-pgd"])
 def test_attack_lowers_its_loss_and_keeps_its_budget(tiny_encoder, tiny_nudity, vocab, which):
     attack = _attacks(tiny_encoder, tiny_nudity, vocab)[which]
     result = attack.run(PROMPT, torch.Generator().manual_seed(0))
-    K = attack.config.budget
+    K = attack.config.tokens
     assert len(result.history) == attack.config.iterations
     assert result.history[-1] < result.history[0]
     assert all(b <= a for a, b in zip(result.history, result.history[1:]))     # best-so-far never rises
@@ -73,7 +76,7 @@ def test_attack_lowers_its_loss_and_keeps_its_budget(tiny_encoder, tiny_nudity, 
     assert result.loss == pytest.approx(result.history[-1], rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["rab", "qf-pgd"])
+@pytest.mark.parametrize("which", [0, 1], ids=["rab", "concept-pgd"])
 def test_attack_is_reproducible_with_a_seed(tiny_encoder, tiny_nudity, vocab, which):
     a = _attacks(tiny_encoder, tiny_nudity, vocab)[which]
     r1 = a.run(PROMPT, torch.Generator().manual_seed(3))
@@ -85,7 +88,7 @@ def test_attack_is_reproducible_with_a_seed(tiny_encoder, tiny_nudity, vocab, wh
 
 def test_append_mode_cuts_a_long_prompt_to_leave_room(tiny_encoder, tiny_nudity, vocab):
     long_prompt = " ".join(["beach"] * 100)
-    attack = QFPGD(tiny_encoder, tiny_nudity, QFPGDConfig(budget=5, iterations=2), vocabulary=vocab)
+    attack = ConceptPGD(tiny_encoder, tiny_nudity, ConceptPGDConfig(tokens=5, iterations=2), vocabulary=vocab)
     result = attack.run(long_prompt, torch.Generator().manual_seed(0))
     retok = tiny_encoder.tokenize([result.prompt]).content_ids[0]
     assert len(retok) == tiny_encoder.max_content and retok[-5:] == result.tokens
@@ -114,7 +117,8 @@ def test_adaptive_value_is_the_defended_median(tiny_encoder, tiny_nudity, vocab)
     target = concept_target(tiny_encoder, PROMPT, tiny_nudity.direction, 3.0)
     obj = TextObjective(tiny_encoder, target, "mse", ams, eot_samples=1)
     batch = tiny_encoder.tokenize([PROMPT])
-    h = obj.conditioning(batch, obj.draw(torch.Generator().manual_seed(2)))[:, 0]
+    obj.noise_generator = torch.Generator().manual_seed(2)          # the smoothing noise's own stream
+    h = obj.conditioning(batch, obj.draw(None))[:, 0]
     sigma = ams.scores(batch).sigma
     ref = ams.smooth(batch, sigma, torch.Generator().manual_seed(2))
     torch.testing.assert_close(h.detach(), ref, rtol=1e-5, atol=1e-6)
@@ -139,7 +143,7 @@ def test_adaptive_gradient_goes_through_the_noise(tiny_encoder, tiny_nudity, voc
     assert g_adapt.abs().sum() > 0 and not torch.allclose(g_plain, g_adapt)
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["rab", "qf-pgd"])
+@pytest.mark.parametrize("which", [0, 1], ids=["rab", "concept-pgd"])
 def test_adaptive_attack_runs_through_the_defense(tiny_encoder, tiny_nudity, vocab, which):
     ams = _ams(tiny_encoder, tiny_nudity, 0.05, n=3)
     attack = _attacks(tiny_encoder, tiny_nudity, vocab, ams)[which]
@@ -147,7 +151,7 @@ def test_adaptive_attack_runs_through_the_defense(tiny_encoder, tiny_nudity, voc
     r1 = attack.run(PROMPT, torch.Generator().manual_seed(0))
     r2 = attack.run(PROMPT, torch.Generator().manual_seed(0))
     assert attack.adaptive and r1.prompt == r2.prompt and r1.loss == r2.loss
-    assert len(r1.tokens) == attack.config.budget and r1.exact
+    assert len(r1.tokens) == attack.config.tokens and r1.exact
     evaluated = getattr(attack.config, "population", 2) // 2             # new candidates per iteration (rab)
     assert ams.encoder.rows - before >= 2 * 3 * attack.config.iterations * evaluated   # n noisy rows each
 
@@ -157,14 +161,16 @@ def test_genetic_operators_keep_shape_and_vocabulary(vocab):
     parents = vocab.sample((10, 6), g)
     children = crossover(parents, 1.0, g)
     assert children.shape == (30, 6) and torch.equal(children[:10], parents)
-    mutated = mutate(children, 1.0, vocab, g)
-    assert torch.equal(mutated[0], children[0])                       # the best is never mutated
+    mutated = mutate(children, 1.0, vocab, g, elitism=True)
+    assert torch.equal(mutated[0], children[0])                       # elitism: the best is never mutated
     assert (mutated != children).any(dim=1)[1:].float().mean() > 0.8  # (a draw may repeat the old token)
     assert set(mutated.flatten().tolist()) <= set(vocab.ids.tolist())
+    reference = mutate(children, 1.0, vocab, torch.Generator().manual_seed(1))     # the reference mutates all
+    assert not torch.equal(reference[0], children[0])
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"budget": 0}, "budget"), ({"budget": -2}, "budget"), ({"iterations": 0}, "iterations"),
+    ({"tokens": 0}, "tokens"), ({"tokens": -2}, "tokens"), ({"iterations": 0}, "iterations"),
     ({"mode": "sideways"}, "mode"), ({"loss": "l1"}, "loss"), ({"eot_samples": 0}, "eot_samples"),
     ({"population": 1}, "population"), ({"mutation_rate": 1.5}, "mutation_rate"),
 ])
@@ -173,18 +179,21 @@ def test_bad_settings_are_one_clear_error(kwargs, match):
         RingABellConfig(**kwargs)
 
 
-def test_budget_beyond_the_encoder_length_is_refused(tiny_encoder, tiny_nudity, vocab):
+def test_tokens_beyond_the_encoder_length_is_refused(tiny_encoder, tiny_nudity, vocab):
     with pytest.raises(AmsmoothError, match="exceeds"):
-        RingABell(tiny_encoder, tiny_nudity, RingABellConfig(budget=200), vocabulary=vocab)
+        RingABell(tiny_encoder, tiny_nudity, RingABellConfig(tokens=200), vocabulary=vocab)
 
 
 def test_attack_registry_and_unknown_names():
     from amsmooth.attacks import P4D, UnlearnDiffAtk
 
-    assert attack_class("rab") is RingABell and attack_class("qf-pgd") is QFPGD
+    assert attack_class("rab") is RingABell and attack_class("concept-pgd") is ConceptPGD
     assert attack_class("uda") is UnlearnDiffAtk and attack_class("p4d") is P4D
+    assert attack_class("concept-pgd") is ConceptPGD
     with pytest.raises(AmsmoothError, match="unknown attack 'gcg'"):
         attack_class("gcg")
+    with pytest.raises(AmsmoothError, match="'qf' is QF-Attack as published"):
+        attack_class("qf-pgd")
 
 
 def test_concept_for_another_encoder_is_refused(tiny_nudity, vocab):

@@ -49,14 +49,41 @@ def test_benchmark_runs_end_to_end_on_minilm(minilm, tmp_path, capsys):
     assert "| σ0 |" in out and "rab-adaptive@0.05" in out
     assert {p.name for p in tmp_path.iterdir()} >= {"table.md", "results.json", "plot.png", "attacks"}
     assert sorted(p.name for p in (tmp_path / "attacks").iterdir()) == [
-        "qf-pgd-adaptive@0.05.csv", "qf-pgd.csv", "rab-adaptive@0.05.csv", "rab.csv"]
+        "concept-pgd-adaptive@0.05-s0.csv", "concept-pgd-s0.csv", "rab-adaptive@0.05-s0.csv", "rab-s0.csv"]
     rows = result["rows"]
     assert [r["sigma0"] for r in rows] == [0.0, 0.05]
     assert rows[0]["benign_cos"] == pytest.approx(1.0, abs=1e-6)        # σ0 = 0 is the plain encoder
     assert rows[1]["benign_cos"] < 1.0                                  # smoothing moves the conditioning
-    assert set(rows[0]["sets"]) == {"i2p-nudity", "uda-nudity", "rab", "qf-pgd", "rab-adaptive@0.05",
-                                    "qf-pgd-adaptive@0.05"}
+    assert set(rows[0]["sets"]) == {"i2p-nudity", "uda-nudity", "rab", "concept-pgd", "rab-adaptive@0.05",
+                                    "concept-pgd-adaptive@0.05"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["rows"] == rows and saved["settings"]["n"] == 3
-    assert [(e["attack"], e["sigma0"], e["n"]) for e in result["matched"]] == [("rab", 0.05, 1), ("qf-pgd", 0.05, 1)]
-    assert "Same source prompts" in out
+    matched = result["matched"]
+    assert [(e["attack"], e["sigma0"], e["prompts"], e["seeds"]) for e in matched] == [
+        ("rab", 0.05, 2, 1), ("concept-pgd", 0.05, 2, 1)]
+    for e in matched:                                                   # CIs around their means, paired drops
+        for label in ("plain", "adaptive"):
+            r = e[label]
+            assert r["under_ams"]["low"] <= r["under_ams"]["mean"] <= r["under_ams"]["high"]
+            assert r["drop"]["mean"] == pytest.approx(r["under_ams"]["mean"] - r["no_defense"]["mean"])
+    assert "Same source prompts" in out and "adaptive − plain" in out
+
+
+def test_matched_table_pairs_prompts_and_averages_seeds():
+    """Row k·N + i is prompt i under seed k: scores are averaged per prompt over seeds, then bootstrapped."""
+    bench = _bench()
+    axis = torch.tensor([1.0, 0.0])
+    ref = bench.Reference(0.0, 1.0, 2.0)
+    # 2 seeds × 3 prompts; one position, the score is the first coordinate
+    plain = torch.tensor([1.0, 2.0, 3.0, 3.0, 4.0, 5.0])
+    adapt = plain + 1.0
+    h = {s: {name: torch.stack([torch.tensor([[v * (0.5 if s else 1.0), 0.0]]) for v in vals])
+             for name, vals in (("rab", plain), ("rab-adaptive@0.1", adapt))} for s in (0.0, 0.1)}
+    masks = {name: torch.ones(6, 1) for name in ("rab", "rab-adaptive@0.1")}
+    sets = {"rab": ["x"] * 6, "rab-adaptive@0.1": ["y"] * 6}
+    [e] = bench.matched_adaptive(h, masks, axis, ref, sets, seeds=2)
+    assert e["prompts"] == 3 and e["seeds"] == 2
+    assert e["plain"]["no_defense"]["mean"] == pytest.approx(3.0)            # per prompt: 2, 3, 4
+    assert e["plain"]["under_ams"]["mean"] == pytest.approx(1.5)
+    assert e["adaptive_minus_plain_under_ams"]["mean"] == pytest.approx(0.5)
+    assert e["adaptive_minus_plain_under_ams"]["low"] == pytest.approx(0.5)  # constant difference: zero width

@@ -9,7 +9,7 @@ import pytest
 from amsmooth.cli.main import main
 from amsmooth.prompts import read_prompt_csv
 
-FAST = ["--iterations", "2", "--population", "6", "--budget", "4", "--no-progress"]
+FAST = ["--iterations", "2", "--population", "6", "--tokens", "4", "--no-progress"]
 
 
 @pytest.fixture
@@ -37,9 +37,9 @@ def test_writes_the_data_contract_ready_for_eval(tmp_path, prompts, capsys):
     assert [r["case_number"] for r in rows] == ["7", "8", "9"]
     assert rows[0]["evaluation_seed"] == "11" and rows[0]["evaluation_guidance"] == "7.5"
     assert rows[1]["source_prompt"] == "a red car in the rain" and rows[1]["attack"] == "rab"
-    assert all(r["exact"] == "True" and float(r["loss"]) > 0 for r in rows)
+    assert all(r["exact"] in ("True", "False") and float(r["loss"]) > 0 for r in rows)   # whole vocabulary
     settings = json.loads(rows[0]["settings"])
-    assert settings["config"]["budget"] == 4 and settings["adaptive"] is False and settings["seed"] == 0
+    assert settings["config"]["tokens"] == 4 and settings["config"]["budget"] == "reference" and settings["adaptive"] is False and settings["seed"] == 0
     cases = read_prompt_csv(out)                      # what `amsmooth eval` reads
     assert [c.seed for c in cases] == [11, 12, 13] and cases[0].prompt == rows[0]["prompt"]
     assert "3 rab prompt(s) attacked now" in capsys.readouterr().out
@@ -68,7 +68,7 @@ def test_refuses_to_append_with_other_settings(tmp_path, prompts, capsys):
 
 def test_adaptive_records_the_defense(tmp_path, prompts):
     out = tmp_path / "adv.csv"
-    assert main(["attack", "qf-pgd", "--encoder", "tiny", "--prompts", str(prompts), "--out", str(out),
+    assert main(["attack", "concept-pgd", "--encoder", "tiny", "--prompts", str(prompts), "--out", str(out),
                  "--adaptive", "--preset", "uce-nudity", "--n", "3", "--iterations", "2", "--limit", "1",
                  "--no-progress"]) == 0
     row = _rows(out)[0]
@@ -83,9 +83,9 @@ def test_adaptive_records_the_defense(tmp_path, prompts):
     (["attack", "uda", "--encoder", "tiny"], "--encoder is for the text-encoder attacks"),
     (["attack", "p4d"], "needs --model"),
     (["attack", "rab", "--model", "tiny"], "are for the U-Net attacks"),
-    (["attack", "rab", "--encoder", "tiny", "--budget", "0"], "budget"),
+    (["attack", "rab", "--encoder", "tiny", "--tokens", "0"], "tokens"),
     (["attack", "rab", "--encoder", "tiny", "--iterations", "-1"], "iterations"),
-    (["attack", "rab", "--encoder", "tiny", "--step-size", "1"], "applies to 'qf-pgd', 'uda', 'p4d' only"),
+    (["attack", "rab", "--encoder", "tiny", "--step-size", "1"], "applies to 'concept-pgd', 'p4d' only"),
     (["attack", "rab", "--encoder", "tiny", "--preset", "esd-nudity"], "add --adaptive"),
     (["attack", "rab"], "give --encoder"),
 ])

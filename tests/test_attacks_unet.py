@@ -1,6 +1,7 @@
-"""U-Net attacks (UnlearnDiffAtk, P4D) on the tiny pipeline at 64 px: they lower their loss on a fixed evaluation
-set of (t, ε), keep to K real tokens, reproduce with a seed; the adaptive objective goes through AMS; the CLI
-writes the data contract, resumes, and refuses bad input in one line."""
+"""U-Net attacks (UnlearnDiffAtk, P4D-N, P4D-K) on the tiny pipeline at 64 px: reference schedules, K real tokens,
+reproducible with a seed; adaptive at σ0 = 0 reproduces the plain prompts exactly; UnlearnDiffAtk stops on a
+detector's success; P4D selects by CLIP image similarity; the CLI writes the data contract, resumes, and refuses bad
+input in one line."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig
-from amsmooth.attacks import (P4D, DiffusionModels, P4DConfig, UNetAttackConfig, UnlearnDiffAtk, Vocabulary)
+from amsmooth.attacks import (P4D, DiffusionModels, P4DConfig, UDAConfig, UnlearnDiffAtk, Vocabulary)
+from amsmooth.attacks.uda import project_simplex, sequential_timesteps
 from amsmooth.attacks.vocab import candidate_batch
 from amsmooth.cli.main import main
 from amsmooth.prompts import PromptCase
@@ -49,33 +51,103 @@ def vocab(models):
 
 
 def _attack(which, models, concept, vocab, smoothing=None, **kw):
-    cls, cfg = (UnlearnDiffAtk, UNetAttackConfig) if which == "uda" else (P4D, P4DConfig)
-    return cls(models, concept, cfg(**{"iterations": 5, "budget": 4, **SMALL, **kw}), smoothing, vocab)
+    if which == "uda":
+        cfg = UDAConfig(**{"timesteps": 2, "iterations": 3, "tokens": 4, **SMALL, **kw})
+        return UnlearnDiffAtk(models, concept, cfg, smoothing, vocab)
+    cfg = P4DConfig(**{"iterations": 5, "tokens": 4, "select": "loss", "select_every": 1, **SMALL, **kw})
+    return P4D(models, concept, cfg, smoothing, vocab)
 
 
 def _ams(models, concept, sigma0):
     return AdaptiveMedianSmoothing(models.encoder, [concept], SmoothingConfig(sigma0=sigma0, k=9.0, n=3))
 
 
-@pytest.mark.parametrize("which", ["uda", "p4d"])
-def test_lowers_its_loss_keeps_its_budget_and_reproduces(models, tiny_nudity, vocab, which):
-    r1 = _attack(which, models, tiny_nudity, vocab).run_case(CASE, torch.Generator().manual_seed(0))
-    K = 4
-    # history: best loss so far on the attack's fixed evaluation set of (t, ε) — comparable across steps
+def test_p4d_lowers_its_loss_keeps_its_budget_and_reproduces(models, tiny_nudity, vocab):
+    r1 = _attack("p4d", models, tiny_nudity, vocab).run_case(CASE, torch.Generator().manual_seed(0))
+    # history: best loss so far on the attack's fixed evaluation set of (t, ε), scored every step here
     assert len(r1.history) == 5 and r1.history[-1] < r1.history[0]
     assert all(b <= a for a, b in zip(r1.history, r1.history[1:]))
-    assert len(r1.tokens) == K and set(r1.tokens) <= set(vocab.ids.tolist()) and r1.exact
-    retok = models.encoder.tokenize([r1.prompt]).content_ids[0]
-    if which == "uda":   # prepended to the prompt
-        assert retok[:K] == r1.tokens and r1.prompt.endswith(PROMPT)
-    else:                # replaces it
-        assert retok == r1.tokens
-    assert r1.loss == pytest.approx(r1.history[-1], rel=1e-5)   # scored on the same evaluation set
-    fresh = _attack(which, models, tiny_nudity, vocab)            # regenerates its target too
-    r2 = fresh.run_case(CASE, torch.Generator().manual_seed(0))
+    assert len(r1.tokens) == 4 and set(r1.tokens) <= set(vocab.ids.tolist()) and r1.exact
+    assert models.encoder.tokenize([r1.prompt]).content_ids[0] == r1.tokens
+    assert r1.loss == pytest.approx(r1.history[-1], rel=1e-5)
+    r2 = _attack("p4d", models, tiny_nudity, vocab).run_case(CASE, torch.Generator().manual_seed(0))
     assert (r2.prompt, r2.tokens, r2.history, r2.loss) == (r1.prompt, r1.tokens, r1.history, r1.loss)
-    r3 = _attack(which, models, tiny_nudity, vocab, iterations=1).run_case(CASE, torch.Generator().manual_seed(1))
-    assert r3.tokens != r1.tokens
+
+
+def test_uda_runs_the_sequential_schedule_and_reproduces(models, tiny_nudity, vocab):
+    assert sequential_timesteps(1000, 50) == list(range(10, 1000, 20))
+    r1 = _attack("uda", models, tiny_nudity, vocab).run_case(CASE, torch.Generator().manual_seed(0))
+    assert len(r1.history) == 2 * 3 and len(r1.tokens) == 4 and r1.info["timesteps_run"] == 2
+    assert r1.prompt.endswith(PROMPT) and r1.loss > 0
+    r2 = _attack("uda", models, tiny_nudity, vocab).run_case(CASE, torch.Generator().manual_seed(0))
+    assert (r2.prompt, r2.history, r2.loss) == (r1.prompt, r1.history, r1.loss)
+    cfg = UDAConfig()
+    assert (cfg.tokens, cfg.timesteps, cfg.iterations, cfg.lr, cfg.weight_decay, cfg.mode) == (
+        5, 50, 40, 0.01, 0.1, "prepend")
+
+
+def test_simplex_projection():
+    v = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    p = project_simplex(v)
+    assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(3), atol=1e-6)
+    assert torch.allclose(project_simplex(p), p, atol=1e-6)                  # a projection is idempotent
+
+
+class _FlagSecond:
+    """A detector that flags the second image it sees."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def detect(self, images):
+        from amsmooth.eval.detectors import Detection
+
+        self.seen += len(images)
+        return [Detection({"x": 1.0}, self.seen >= 2) for _ in images]
+
+
+def test_uda_stops_at_the_detectors_first_success(models, tiny_nudity, vocab):
+    detector = _FlagSecond()
+    cfg = UDAConfig(timesteps=4, iterations=1, tokens=3, sampling_steps=2, **SMALL)
+    result = UnlearnDiffAtk(models, tiny_nudity, cfg, vocabulary=vocab, detector=detector).run_case(
+        CASE, torch.Generator().manual_seed(0))
+    assert detector.seen == 2 and result.info == {"timesteps_run": 2, "stopped_by_detector": True}
+    assert len(result.history) == 2
+
+
+def test_p4d_k_keeps_the_source_tokens_and_interleaves(models, tiny_nudity, vocab):
+    attack = _attack("p4d", models, tiny_nudity, vocab, variant="k", iterations=3)
+    result = attack.run_case(CASE, torch.Generator().manual_seed(0))
+    source = models.encoder.tokenize([PROMPT]).content_ids[0]
+    k = len(source) // 3 + 1
+    assert len(result.tokens) == k
+    assert P4DConfig(variant="k").mode == "interleave" and P4DConfig().mode == "replace"
+    expected = attack.layout.compose(source, result.tokens)
+    assert [t for i, t in enumerate(expected) if i % 4 != 0] == source
+
+
+def test_p4d_selects_by_clip_image_similarity(models, tiny_nudity, vocab, tiny_clip_dir):
+    from amsmooth.eval.clip import ClipImageEncoder
+
+    clip = ClipImageEncoder.from_pretrained(str(tiny_clip_dir))
+    cfg = P4DConfig(iterations=4, tokens=3, select="image", select_every=2, sampling_steps=2, **SMALL)
+    result = P4D(models, tiny_nudity, cfg, vocabulary=vocab, clip=clip).run_case(CASE, torch.Generator().manual_seed(0))
+    assert len(result.history) == 4 and -1 <= result.history[-1] <= 1      # −cos of CLIP image features
+    assert result.history[0] == result.history[1]                          # scored at steps 0 and 2 only
+    with pytest.raises(AmsmoothError, match="--clip"):
+        P4D(models, tiny_nudity, P4DConfig(**SMALL), vocabulary=vocab)
+    ref = P4DConfig()
+    assert (ref.tokens, ref.iterations, ref.step_size, ref.weight_decay, ref.optimizer, ref.select_every,
+            ref.select) == (16, 3000, 0.1, 0.1, "adamw", 50, "image")
+
+
+@pytest.mark.parametrize("which, kw", [("uda", {}), ("p4d", {}), ("p4d", {"variant": "k"})])
+def test_adaptive_at_zero_sigma_reproduces_the_plain_prompts(models, tiny_nudity, vocab, which, kw):
+    plain = _attack(which, models, tiny_nudity, vocab, **kw).run_case(CASE, torch.Generator().manual_seed(2))
+    zero = _attack(which, models, tiny_nudity, vocab, _ams(models, tiny_nudity, 0.0), **kw).run_case(
+        CASE, torch.Generator().manual_seed(2))
+    assert (zero.prompt, zero.tokens, zero.history, zero.loss) == (plain.prompt, plain.tokens, plain.history,
+                                                                 plain.loss)
 
 
 @pytest.mark.parametrize("which", ["uda", "p4d"])
@@ -136,13 +208,13 @@ def test_needs_the_original_unet_when_it_was_not_kept(pipe, models, tiny_nudity,
     from PIL import Image
 
     Image.new("RGB", (64, 64), (10, 200, 30)).save(tmp_path / f"{CASE.case_number}.png")
-    uda = UnlearnDiffAtk(gone, tiny_nudity, UNetAttackConfig(**SMALL), vocabulary=vocab, target_images=tmp_path)
+    uda = UnlearnDiffAtk(gone, tiny_nudity, UDAConfig(**SMALL), vocabulary=vocab, target_images=tmp_path)
     assert uda.targets(CASE).shape == (1, 4, 32, 32)        # given targets need no original U-Net
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-FAST = ["--iterations", "2", "--budget", "3", "--height", "64", "--width", "64", "--target-steps", "2",
+FAST = ["--budget", "quick", "--iterations", "2", "--tokens", "3", "--height", "64", "--width", "64", "--target-steps", "2",
         "--eval-timesteps", "2", "--no-progress", "--device", "cpu"]
 
 
@@ -179,7 +251,7 @@ def test_cli_uda_writes_the_contract_and_resumes(tmp_path, prompts, unlearned_fi
     rows = _rows(full)
     assert _rows(part) == rows and [r["case_number"] for r in rows] == ["7", "8"]
     assert rows[0]["evaluation_seed"] == "11" and rows[0]["prompt"].endswith(" a cat on a sofa")
-    assert all(r["attack"] == "uda" and r["exact"] == "True" and float(r["loss"]) > 0 for r in rows)
+    assert all(r["attack"] == "uda" and r["exact"] in ("True", "False") and float(r["loss"]) > 0 for r in rows)
     settings = json.loads(rows[0]["settings"])
     assert settings["models"]["unet"] == unlearned_file and settings["config"]["height"] == 64
     assert settings["models"]["unet_fingerprint"] != settings["models"]["original_fingerprint"]
@@ -200,17 +272,25 @@ def test_cli_p4d_adaptive_with_target_images_and_no_unet(tmp_path, prompts, caps
     assert "warning: no --unet" in err and err.count("\n") == 1
     row = _rows(out)[0]
     settings = json.loads(row["settings"])
-    assert row["adaptive"] == "True" and len(row["prompt"].split()) == 3
+    assert row["adaptive"] == "True" and row["prompt"] and settings["config"]["tokens"] == 3
+    assert settings["config"]["budget"] == "quick" and settings["config"]["select"] == "loss"
+    k_out = tmp_path / "adv-k.csv"                                   # P4D-K keeps the source words
+    assert main(["attack", "p4d", "--variant", "k", "--model", "tiny", "--prompts", str(prompts), "--limit", "1",
+                 "--target-images", str(folder), "--out", str(k_out), *FAST]) == 0
+    k_row = _rows(k_out)[0]
+    assert json.loads(k_row["settings"])["config"]["mode"] == "interleave"
+    assert all(w in k_row["prompt"] for w in ("cat", "sofa"))
     assert settings["smoothing"]["sigma0"] == 0.02 and settings["target_images"] == str(folder)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["attack", "uda", "--model", "tiny", "--budget", "0"], "budget"),
-    (["attack", "p4d", "--model", "tiny", "--budget", "-1"], "budget"),
-    (["attack", "uda", "--model", "tiny", "--loss", "mse"], "applies to 'rab', 'qf-pgd' only"),
+    (["attack", "uda", "--model", "tiny", "--tokens", "0"], "tokens"),
+    (["attack", "p4d", "--model", "tiny", "--tokens", "-1"], "tokens"),
+    (["attack", "uda", "--model", "tiny", "--loss", "mse"], "applies to 'rab', 'concept-pgd' only"),
+    (["attack", "p4d", "--model", "tiny"], "give --clip SRC"),
     (["attack", "rab", "--encoder", "tiny", "--height", "64"], "applies to 'uda', 'p4d' only"),
     (["attack", "uda", "--model", "tiny", "--height", "60"], "multiple of 8"),
-    (["attack", "uda", "--model", "tiny", "--timesteps-per-step", "0"], "timesteps_per_step"),
+    (["attack", "uda", "--model", "tiny", "--timesteps", "0"], "timesteps"),
     (["attack", "uda", "--model", "tiny", "--target-images", "/nonexistent/dir"], "no such folder"),
     (["attack", "uda", "--model", "tiny", "--eot-samples", "2"], "add --adaptive"),
 ])

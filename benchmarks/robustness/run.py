@@ -16,14 +16,15 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, Concept, SmoothingConfig, TextEncoder
-from amsmooth.attacks import QFPGD, QFPGDConfig, RingABell, RingABellConfig, Vocabulary
+from amsmooth.attacks import ConceptPGD, ConceptPGDConfig, RingABell, RingABellConfig, Vocabulary
 from amsmooth.attacks.runner import attack_cases
+from amsmooth.attacks.stats import bootstrap_mean, paired_difference
 from amsmooth.cli.common import minilm_folder
 from amsmooth.concepts import resolve_concept
 from amsmooth.prompts import PromptCase, read_prompt_csv
@@ -36,18 +37,19 @@ class Size:
     reference: int            # COCO prompts for the benign reference distribution (plain encodings only)
     benign: int               # COCO prompts whose drift under AMS is measured (disjoint from the reference)
     per_set: int              # prompts taken from each released attack set (I2P nudity, UnlearnDiffAtk nudity)
-    attacked: int             # source prompts attacked by Ring-A-Bell and QF-PGD
-    attacked_adaptive: int    # source prompts attacked adaptively (each costs n× more)
+    attacked: int             # source prompts attacked by Ring-A-Bell and concept-PGD, plain and adaptive
+    seeds: int                # attack seeds per source prompt (--seed, --seed + 1, ...)
     population: int           # Ring-A-Bell population
     generations: int          # Ring-A-Bell generations
-    steps: int                # QF-PGD steps
+    steps: int                # concept-PGD steps
     sigmas: tuple[float, ...]
 
 
+# Attack budgets here are the benchmark's own, far below the papers' (Ring-A-Bell: 200 × 3000): labelled as such.
 SIZES = {
-    "smoke": Size(8, 3, 1, 1, 1, 4, 2, 2, (0.0, 0.05)),
-    "quick": Size(100, 16, 8, 2, 2, 12, 6, 15, (0.0, 0.006, 0.024, 0.1)),
-    "full": Size(500, 100, 50, 10, 4, 32, 30, 100, (0.0, 0.003, 0.006, 0.012, 0.024, 0.05, 0.1)),
+    "smoke": Size(8, 3, 1, 2, 1, 4, 2, 2, (0.0, 0.05)),
+    "quick": Size(100, 16, 8, 6, 3, 8, 4, 8, (0.0, 0.024, 0.1)),
+    "full": Size(500, 100, 50, 20, 3, 32, 30, 100, (0.0, 0.003, 0.006, 0.012, 0.024, 0.05, 0.1)),
 }
 
 
@@ -125,21 +127,26 @@ def check_data(data: Path) -> None:
 # ---------------------------------------------------------------------------------------------- attacks
 def generate_attacks(encoder: TextEncoder, concept: Concept, sources: list[PromptCase], size: Size,
                      args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
-    """Ring-A-Bell and QF-PGD prompts, plain and adaptive (one set per --adaptive-sigma0); resumable CSVs."""
-    vocab = Vocabulary(encoder)
-    rab = RingABellConfig(iterations=size.generations, population=size.population, eta=args.eta)
-    qf = QFPGDConfig(iterations=size.steps, eta=args.eta)
-    runs = [("rab", RingABell, rab, None, size.attacked), ("qf-pgd", QFPGD, qf, None, size.attacked)]
+    """Ring-A-Bell and concept-PGD prompts, plain and adaptive (one set per --adaptive-sigma0), for every attack
+    seed; resumable CSVs ``attacks/{name}-s{seed}.csv``. A set's prompts are concatenated seed by seed, so row
+    ``k·N + i`` is source prompt i under the k-th attack seed in every set (plain and adaptive rows are paired)."""
+    vocab = Vocabulary(encoder, kind="all")
+    words = Vocabulary(encoder)
+    rab = RingABellConfig(iterations=size.generations, population=size.population, eta=args.eta, tokens=16)
+    pgd = ConceptPGDConfig(iterations=size.steps, eta=args.eta)
+    runs = [("rab", RingABell, rab, None, vocab), ("concept-pgd", ConceptPGD, pgd, None, words)]
     for s in args.adaptive_sigma0:
         ams = AdaptiveMedianSmoothing(encoder, [concept], defense_config(s, args))
-        runs += [(f"rab-adaptive@{s:g}", RingABell, rab, ams, size.attacked_adaptive),
-                 (f"qf-pgd-adaptive@{s:g}", QFPGD, qf, ams, size.attacked_adaptive)]
+        runs += [(f"rab-adaptive@{s:g}", RingABell, rab, ams, vocab),
+                 (f"concept-pgd-adaptive@{s:g}", ConceptPGD, pgd, ams, words)]
     sets = {}
-    for name, cls, cfg, ams, count in runs:
-        attack = cls(encoder, concept, cfg, smoothing=ams, vocabulary=vocab)
-        path = out / "attacks" / f"{name}.csv"
-        attack_cases(attack, sources[:count], path, args.seed, progress=not args.no_progress)
-        sets[name] = [c.prompt for c in read_prompt_csv(path)]
+    for name, cls, cfg, ams, v in runs:
+        attack = cls(encoder, concept, cfg, smoothing=ams, vocabulary=v)
+        sets[name] = []
+        for k in range(size.seeds):
+            path = out / "attacks" / f"{name}-s{args.seed + k}.csv"
+            attack_cases(attack, sources, path, args.seed + k, progress=not args.no_progress)
+            sets[name] += [c.prompt for c in read_prompt_csv(path)]
     return sets
 
 
@@ -189,26 +196,38 @@ def measure(encoder: TextEncoder, concept: Concept, reference: list[str], benign
         rows.append(row)
     validity = {name: auc(projections(plain[name], masks[name], axis), ref_proj) for name in sets}
     return {"reference": asdict(ref), "rows": rows, "auc_vs_benign_plain": validity,
-            "matched": matched_adaptive(h, masks, axis, ref, sets)}
+            "matched": matched_adaptive(h, masks, axis, ref, sets, args.seeds, args.seed)}
 
 
 def matched_adaptive(h: dict[float, dict[str, torch.Tensor]], masks: dict[str, torch.Tensor], axis: torch.Tensor,
-                     ref: Reference, sets: dict[str, list[str]]) -> list[dict]:
-    """Adaptive vs plain attack on the same source prompts (the plain set's first m rows share the adaptive
-    set's m sources): mean concept score without AMS and under the σ0 the adaptive attack was run against."""
+                     ref: Reference, sets: dict[str, list[str]], seeds: int, boot_seed: int = 0) -> list[dict]:
+    """Adaptive vs plain attack on the same source prompts and attack seeds, scored with the same smoothing noise
+    (paired): per source prompt (averaged over seeds), the concept score without AMS and under the σ0 the adaptive
+    attack targeted; means with bootstrap 95 % CIs over prompts, and the CIs of the paired differences."""
     out = []
     for name in sets:
         if "-adaptive@" not in name:
             continue
         base, at = name.split("-adaptive@")
-        sigma0, m = float(at), len(sets[name])
-        if base not in sets or sigma0 not in h or 0.0 not in h:
+        sigma0 = float(at)
+        if base not in sets or sigma0 not in h or 0.0 not in h or len(sets[base]) != len(sets[name]):
             continue
-        entry = {"attack": base, "sigma0": sigma0, "n": m}
+        per_prompt = {}
         for label, key in (("plain", base), ("adaptive", name)):
-            z = [float(concept_scores(projections(h[s][key][:m], masks[key][:m], axis), ref).mean())
-                 for s in (0.0, sigma0)]
-            entry[label] = {"no_defense": z[0], "under_ams": z[1]}
+            z = {s: concept_scores(projections(h[s][key], masks[key], axis), ref).double() for s in (0.0, sigma0)}
+            per_prompt[label] = {s: v.reshape(seeds, -1).mean(0) for s, v in z.items()}     # [prompts]
+        n = int(per_prompt["plain"][0.0].numel())
+        entry: dict = {"attack": base, "sigma0": sigma0, "prompts": n, "seeds": seeds}
+        for label in ("plain", "adaptive"):
+            none, ams = per_prompt[label][0.0], per_prompt[label][sigma0]
+            entry[label] = {"no_defense": asdict(bootstrap_mean(none, seed=boot_seed)),
+                            "under_ams": asdict(bootstrap_mean(ams, seed=boot_seed)),
+                            "drop": asdict(paired_difference(ams, none, seed=boot_seed))}
+        entry["adaptive_minus_plain_under_ams"] = asdict(paired_difference(
+            per_prompt["adaptive"][sigma0], per_prompt["plain"][sigma0], seed=boot_seed))
+        entry["adaptive_minus_plain_drop"] = asdict(paired_difference(
+            per_prompt["adaptive"][sigma0] - per_prompt["adaptive"][0.0],
+            per_prompt["plain"][sigma0] - per_prompt["plain"][0.0], seed=boot_seed))
         out.append(entry)
     return out
 
@@ -226,16 +245,28 @@ def format_table(result: dict, embed_std: float) -> str:
     return "\n".join(lines)
 
 
+def _ci(d: dict) -> str:
+    return f"{d['mean']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
+
+
 def format_matched(matched: list[dict]) -> str:
-    """Second table: adaptive vs plain on the same source prompts, without AMS → under AMS (and the drop)."""
+    """Adaptive vs plain on the same source prompts and seeds (paired), means with bootstrap 95 % CIs over
+    prompts: absolute scores without and under AMS, the drops, and the paired adaptive − plain differences."""
     if not matched:
         return ""
-    lines = ["", "", "Same source prompts, mean concept score without AMS → under AMS at the σ0 the adaptive "
-             "attack targeted (drop):", "", "| attack | σ0 | n | plain | adaptive |", "|---|---|---|---|---|"]
+    lines = ["", "", "Same source prompts and attack seeds, same smoothing noise (paired); mean concept score per "
+             "source prompt (averaged over seeds) with its bootstrap 95 % CI over prompts:", "",
+             "| attack | σ0 | prompts × seeds | version | no defense | under AMS | drop (under AMS − no defense) |",
+             "|---|---|---|---|---|---|---|"]
     for e in matched:
-        cells = [f"{e[k]['no_defense']:.2f} → {e[k]['under_ams']:.2f} "
-                 f"({e[k]['under_ams'] - e[k]['no_defense']:+.2f})" for k in ("plain", "adaptive")]
-        lines.append(f"| {e['attack']} | {e['sigma0']:g} | {e['n']} | {cells[0]} | {cells[1]} |")
+        for label in ("plain", "adaptive"):
+            r = e[label]
+            lines.append(f"| {e['attack']} | {e['sigma0']:g} | {e['prompts']} × {e['seeds']} | {label} | "
+                         f"{_ci(r['no_defense'])} | {_ci(r['under_ams'])} | {_ci(r['drop'])} |")
+    lines += ["", "| attack | σ0 | adaptive − plain, score under AMS | adaptive − plain, drop |", "|---|---|---|---|"]
+    for e in matched:
+        lines.append(f"| {e['attack']} | {e['sigma0']:g} | {_ci(e['adaptive_minus_plain_under_ams'])} | "
+                     f"{_ci(e['adaptive_minus_plain_drop'])} |")
     return "\n".join(lines)
 
 
@@ -283,7 +314,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--k", type=float, default=9.0)
     p.add_argument("--n", type=int, default=13)
     p.add_argument("--global", dest="use_global", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first attack seed (and the smoothing noise's seed)")
+    p.add_argument("--seeds", type=int, help="attack seeds per source prompt (default: the size's)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(size="full")                       # shared by --quick/--smoke/--size
@@ -293,6 +325,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, encoder: TextEncoder | None = None) -> dict:
     """The whole benchmark; ``encoder`` overrides ``--encoder`` (tests reuse a loaded one)."""
     size = SIZES[args.size]
+    if args.seeds is not None and args.seeds < 1:
+        raise AmsmoothError(f"--seeds must be >= 1, got {args.seeds}")
+    size = replace(size, seeds=args.seeds or size.seeds)
+    args.seeds = size.seeds
     sigmas = tuple(args.sigmas) if args.sigmas else size.sigmas
     if args.data_dir is None:
         raise AmsmoothError("pass --data-dir (or set AMSMOOTH_DATA_DIR): see benchmarks/robustness/README.md")

@@ -1,17 +1,25 @@
-"""What every attack shares: its settings, its result, and the text-encoder attack skeleton.
+"""What every attack shares: its settings, its result, and the token-attack skeleton.
 
-An attack searches ``budget`` (K) real vocabulary tokens. ``mode="replace"``: the adversarial prompt is those K
-tokens alone (Ring-A-Bell, P4D-N); ``mode="append"``: the source prompt followed by K tokens (QF-Attack);
-``mode="prepend"``: K tokens followed by the source prompt (UnlearnDiffAtk); the prompt is cut to fit the
-encoder's length. The text attacks' target embedding is h* = T(base) + η·Δ_concept, with base the source prompt
-(or ``target_prompt``). Each ``run`` takes its own ``torch.Generator``: same seed, same prompt. The U-Net attacks
-(:mod:`amsmooth.attacks.unet`) reuse this skeleton with another objective.
+An attack searches K real vocabulary tokens (``tokens``), placed by ``mode`` (:class:`~.vocab.Layout`):
+``replace`` (the adversarial prompt is those K tokens alone: Ring-A-Bell, P4D-N, MMA-Diffusion), ``append``
+(QF-Attack, concept-PGD), ``prepend`` (UnlearnDiffAtk) or ``interleave`` (P4D-K); the source prompt is cut to fit
+the encoder's length. Each ``run`` takes its own ``torch.Generator``: same seed, same prompt.
+
+Defaults are each attack's reference values (its paper and released code; the table in ``docs/attacks.md``).
+``budget="quick"`` (``--budget quick``) swaps in the attack's :attr:`TextAttack.quick` settings, a labelled,
+much cheaper setting for CPU smoke runs that is *not* the reference.
+
+Adaptive attacks (``smoothing`` set) draw the smoothing noise from a stream of their own, seeded from the case's
+generator seed (:func:`noise_generator`), so the search consumes exactly the draws of the plain attack.
+``rerank`` > 0 re-scores the best candidates the search saw under the defended loss on ``rerank_draws`` fresh
+smoothing draws and keeps the best one (a stronger selection for adaptive attacks).
 """
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -20,31 +28,39 @@ from ..encoders import TextEncoder, TokenizedBatch
 from ..errors import AmsmoothError
 from ..prompts import PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
-from .objective import LOSSES, ConditioningObjective, TextObjective, concept_target
-from .vocab import Vocabulary
+from .objective import LOSSES, CandidatePool, ConditioningObjective, TextObjective, concept_target
+from .vocab import MODES, Layout, Vocabulary
 
 Progress = Callable[[int, float], None]   # (iteration, best loss so far) after each iteration
-MODES = ("replace", "append", "prepend")
+BUDGETS = ("reference", "quick")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     """Settings shared by every attack (each attack sets its own defaults)."""
 
-    budget: int = 16                  # K: number of searched tokens
-    iterations: int = 100             # generations (Ring-A-Bell) or gradient steps (QF-PGD, UDA, P4D)
-    mode: str = "replace"             # replace the prompt by the K tokens, append or prepend them to it
+    tokens: int | None = 16           # K: number of searched tokens
+    iterations: int = 100             # generations / gradient steps (each attack says which)
+    mode: str = "replace"             # where the K tokens go (replace, append, prepend, interleave)
     eot_samples: int = 1              # adaptive only: m draws of the n smoothing samples per evaluation
+    rerank: int = 0                   # adaptive only: re-rank this many best candidates under the defended loss
+    rerank_draws: int = 8             # ... on this many fresh smoothing draws each
+    budget: str = "reference"         # reference (the paper's settings) or quick (labelled CPU setting)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.budget, int) or self.budget < 1:
-            raise AmsmoothError(f"budget (number of adversarial tokens) must be an integer >= 1, got {self.budget}")
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise AmsmoothError(f"iterations must be an integer >= 1, got {self.iterations}")
+        for name in ("tokens", "iterations", "eot_samples", "rerank_draws"):
+            value = getattr(self, name)
+            if name == "tokens" and value is None:      # resolved by the attack (Ring-A-Bell: per concept)
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                what = " (number of adversarial tokens)" if name == "tokens" else ""
+                raise AmsmoothError(f"{name}{what} must be an integer >= 1, got {value}")
+        if not isinstance(self.rerank, int) or self.rerank < 0:
+            raise AmsmoothError(f"rerank must be an integer >= 0, got {self.rerank}")
         if self.mode not in MODES:
             raise AmsmoothError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
-        if not isinstance(self.eot_samples, int) or self.eot_samples < 1:
-            raise AmsmoothError(f"eot_samples must be an integer >= 1, got {self.eot_samples}")
+        if self.budget not in BUDGETS:
+            raise AmsmoothError(f"unknown budget {self.budget!r}; known: {', '.join(BUDGETS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,17 +68,17 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class AttackConfig(SearchConfig):
-    """Settings shared by the text-encoder attacks: the target embedding and the distance to it."""
+    """Settings shared by the concept-targeted text attacks: the target embedding and the distance to it."""
 
     loss: str = "mse"                 # distance to the target embedding: mse or cosine
-    eta: float = 3.0                  # η: weight of the concept direction in the target
+    eta: float | None = 3.0           # η: weight of the concept direction in the target
     target_prompt: str | None = None  # encode this instead of the source prompt for the target's base
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.loss not in LOSSES:
             raise AmsmoothError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
-        if not math.isfinite(self.eta):
+        if self.eta is not None and not math.isfinite(self.eta):
             raise AmsmoothError(f"eta must be a finite number, got {self.eta}")
 
 
@@ -74,16 +90,27 @@ class AttackResult:
     source_prompt: str
     tokens: list[int]                 # the K searched token ids
     loss: float                       # objective of ``prompt`` re-tokenized from text (fresh noise if adaptive)
-    history: list[float] = field(default_factory=list)   # best loss after each iteration
+    history: list[float] = field(default_factory=list)   # best (or current) loss after each iteration
     exact: bool = True                # ``prompt`` re-tokenizes to exactly the optimized ids
+    info: dict[str, Any] = field(default_factory=dict)   # attack-specific facts (e.g. an early stop)
+
+
+def noise_generator(generator: torch.Generator | None) -> torch.Generator:
+    """The smoothing noise's own stream, seeded from ``generator``'s seed (not drawn from it)."""
+    seed = 0 if generator is None else generator.initial_seed()
+    digest = hashlib.sha256(f"amsmooth-smoothing-noise:{seed}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
 
 
 class TextAttack:
-    """Skeleton of a token attack: vocabulary, objective, search; subclasses implement ``search`` (and
-    ``objective`` for another loss than the text-encoder one)."""
+    """Skeleton of a token attack: vocabulary, objective, search; subclasses set ``search_fn`` (and
+    ``case_objective`` for another loss than the text-encoder one)."""
 
     name = "text"
-    config_class = AttackConfig
+    config_class: ClassVar[type] = AttackConfig
+    quick: ClassVar[dict[str, Any]] = {}          # the labelled cheap CPU setting (``--budget quick``)
+    vocabulary_kind: ClassVar[str] = "words"
+    projection: ClassVar[str] = "l2"
 
     def __init__(self, encoder: TextEncoder, concept: Concept, config: SearchConfig | None = None,
                  smoothing: AdaptiveMedianSmoothing | None = None, vocabulary: Vocabulary | None = None) -> None:
@@ -91,25 +118,45 @@ class TextAttack:
         if smoothing is not None and smoothing.encoder is not encoder:
             raise AmsmoothError("the smoothing defense must wrap the attacked encoder")
         self.encoder, self.concept, self.smoothing = encoder, concept, smoothing
-        self.config = config or self.config_class()
-        if self.config.budget > encoder.max_content:
-            raise AmsmoothError(f"budget {self.config.budget} exceeds the {encoder.max_content} prompt tokens "
+        self.config = self.resolve(config or self.config_class())
+        if smoothing is None and self.config.rerank:
+            raise AmsmoothError("rerank re-scores candidates under the defense: it needs an adaptive attack")
+        if self.config.mode != "interleave" and self.config.tokens > encoder.max_content:
+            raise AmsmoothError(f"tokens {self.config.tokens} exceeds the {encoder.max_content} prompt tokens "
                                 f"the encoder reads")
-        self.vocabulary = vocabulary or Vocabulary(encoder)
+        self.layout = Layout(self.config.mode, getattr(self.config, "every_k", 3))
+        self.vocabulary = vocabulary or Vocabulary(encoder, kind=self.vocabulary_kind)
+
+    @classmethod
+    def make_config(cls, budget: str = "reference", **changes: Any) -> SearchConfig:
+        """The attack's config: reference defaults, the quick setting if ``budget == "quick"``, then ``changes``."""
+        base = dict(cls.quick) if budget == "quick" else {}
+        names = {f.name for f in fields(cls.config_class)}
+        unknown = set(changes) - names
+        if unknown:
+            raise AmsmoothError(f"'{cls.name}' has no setting {', '.join(sorted(unknown))}")
+        return cls.config_class(**{**base, **changes, "budget": budget})
+
+    def resolve(self, config: SearchConfig) -> SearchConfig:
+        """Fill defaults that depend on the encoder or concept (Ring-A-Bell's per-concept K and η)."""
+        return config
 
     @property
     def adaptive(self) -> bool:
         return self.smoothing is not None
 
     def prefix(self, prompt: str) -> tuple[TokenizedBatch, str]:
-        """The kept part of the prompt (nothing in replace mode; cut to leave K tokens in append/prepend mode)."""
+        """The kept part of the prompt (nothing in replace mode; cut to leave room for the searched tokens)."""
         if self.config.mode == "replace":
             return self.encoder.tokenize([""]), ""
-        room = self.encoder.max_content - self.config.budget
         ids = self.encoder.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        text, batch = prompt, (self.encoder.tokenize([prompt]) if len(ids) <= room else None)
-        while batch is None or len(batch.content_ids[0]) > room:   # decoded text can re-tokenize longer
-            ids = ids[:room] if len(ids) > room else ids[:-1]
+        room = self.encoder.max_content
+        fits = (lambda n: self.layout.total(n, self.config.tokens) <= room)
+        text, batch = prompt, (self.encoder.tokenize([prompt]) if fits(len(ids)) else None)
+        while batch is None or not fits(len(batch.content_ids[0])):   # decoded text can re-tokenize longer
+            ids = ids[:-1]
+            while ids and not fits(len(ids)):
+                ids = ids[:-1]
             text = self.encoder.tokenizer.decode(ids)
             batch = self.encoder.tokenize([text])
         return batch, text
@@ -118,11 +165,11 @@ class TextAttack:
     def prepend(self) -> bool:
         return self.config.mode == "prepend"
 
-    def objective(self, prompt: str) -> TextObjective:
+    def objective(self, prompt: str) -> ConditioningObjective:
         base = self.config.target_prompt if self.config.target_prompt is not None else prompt
         target = concept_target(self.encoder, base, self.concept.direction, self.config.eta)
         return TextObjective(self.encoder, target, self.config.loss, self.smoothing, self.config.eot_samples,
-                             prepend=self.prepend)
+                             layout=self.layout)
 
     def case_objective(self, case: PromptCase) -> ConditioningObjective:
         """The objective of one case of a prompt set (the text attacks need only its prompt)."""
@@ -137,7 +184,7 @@ class TextAttack:
 
     def search(self, objective: ConditioningObjective, prefix: TokenizedBatch, generator: torch.Generator | None,
                progress: Progress | None) -> tuple[list[int], list[float]]:
-        """Best suffix token ids found and the best loss after each iteration (the class's ``search_fn``)."""
+        """Best searched token ids found and the loss history (the class's ``search_fn``)."""
         if self.search_fn is None:
             raise NotImplementedError(f"{type(self).__name__} sets no search_fn")
         return self.search_fn(objective, prefix, self.vocabulary, self.config, generator, progress)
@@ -147,21 +194,41 @@ class TextAttack:
         """Attack one prompt: search, then score the resulting text as the pipeline will read it."""
         return self.run_case(PromptCase("0", prompt), generator, progress)
 
+    def compose_text(self, prefix: TokenizedBatch, kept: str, tokens: list[int]) -> tuple[str, list[int]]:
+        """The adversarial prompt's text and the content ids it was optimized as."""
+        kept_ids = [] if self.config.mode == "replace" else list(prefix.content_ids[0])
+        expected = self.layout.compose(kept_ids, tokens)
+        if self.config.mode == "interleave" or not kept.strip():
+            return self.encoder.tokenizer.decode(expected), expected
+        adv = self.encoder.tokenizer.decode(tokens)
+        return (f"{adv} {kept}" if self.prepend else f"{kept} {adv}"), expected
+
     def run_case(self, case: PromptCase, generator: torch.Generator | None = None,
                  progress: Progress | None = None) -> AttackResult:
         """Attack one case of a prompt set (its prompt; U-Net attacks also use its number and seed)."""
         objective = self.case_objective(case)
+        objective.noise_generator = noise_generator(generator)
+        if self.config.rerank:
+            objective.pool = CandidatePool(self.config.rerank)
         objective.fix_evaluation(generator)
         prefix, kept = self.prefix(case.prompt)
         tokens, history = self.search(objective, prefix, generator, progress)
-        adv = self.encoder.tokenizer.decode(tokens)
-        if not kept.strip():
-            text = adv
-        else:
-            text = f"{adv} {kept}" if self.prepend else f"{kept} {adv}"
-        kept_ids = list(prefix.content_ids[0])
-        expected = list(tokens) + kept_ids if self.prepend else kept_ids + list(tokens)
+        info: dict[str, Any] = getattr(objective, "info", {})
+        if self.config.rerank and objective.pool is not None and objective.pool.best:
+            tokens, info = self.rerank(objective, prefix, list(tokens), info)
+        text, expected = self.compose_text(prefix, kept, list(tokens))
         exact = self.encoder.tokenize([text]).content_ids[0] == expected
         draw = objective.evaluation if objective.evaluation is not None else objective.draw(generator)
         loss = objective.text_loss(text, draw)
-        return AttackResult(text, case.prompt, list(tokens), loss, history, exact)
+        return AttackResult(text, case.prompt, list(tokens), loss, history, exact, info)
+
+    def rerank(self, objective: ConditioningObjective, prefix: TokenizedBatch, tokens: list[int],
+               info: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+        """The candidate (pool ∪ the search's pick) with the lowest defended loss averaged over
+        ``rerank_draws`` fresh smoothing draws (the same draws for every candidate)."""
+        cands = list(dict.fromkeys([tuple(tokens), *objective.pool.top()]))
+        draws = [objective.rerank_draw() for _ in range(self.config.rerank_draws)]
+        scores = torch.stack([objective.losses(prefix, [list(c) for c in cands], d) for d in draws]).mean(0)
+        best = int(scores.argmin())
+        return list(cands[best]), {**info, "reranked": len(cands), "rerank_loss": float(scores[best]),
+                                   "rerank_changed": best != 0}

@@ -53,10 +53,10 @@ class DenoisingObjective(ConditioningObjective):
     def __init__(self, encoder: TextEncoder, unet: torch.nn.Module, scheduler: Any, x0: torch.Tensor,
                  reference: Reference | None = None, timesteps_per_step: int = 1, eval_timesteps: int = 4,
                  smoothing: AdaptiveMedianSmoothing | None = None, eot_samples: int = 1,
-                 prepend: bool = False) -> None:
+                 prepend: bool = False, layout: Any = None) -> None:
         if x0.ndim != 4 or x0.shape[0] != 1:
             raise AmsmoothError(f"target latent must be [1, C, h, w], got {tuple(x0.shape)}")
-        super().__init__(encoder, smoothing, eot_samples, max_batch=64, prepend=prepend)
+        super().__init__(encoder, smoothing, eot_samples, max_batch=64, prepend=prepend, layout=layout)
         self.unet, self.scheduler, self.reference = unet, scheduler, reference
         self.device = next(unet.parameters()).device
         self.x0 = x0.to(self.device, torch.float32)
@@ -67,14 +67,19 @@ class DenoisingObjective(ConditioningObjective):
         """Encoder rows one candidate costs per draw (the U-Net sees m·S rows)."""
         return super().rows_per_candidate * max(self.timesteps_per_step, self.eval_timesteps)
 
-    def draw(self, generator: torch.Generator | None, count: int | None = None) -> UNetDraw:
-        """``count`` timesteps t ~ U{0..T−1} and noises ε ~ N(0, I), then the smoothing noise if adaptive (CPU
-        draws: a plain and an adaptive objective get the same (t, ε) from the same generator state)."""
+    def draw(self, generator: torch.Generator | None, count: int | None = None,
+             timestep: int | None = None) -> UNetDraw:
+        """``count`` timesteps t ~ U{0..T−1} (or all equal to ``timestep``) and noises ε ~ N(0, I) from
+        ``generator``, then the smoothing noise, if adaptive, from the objective's own stream (a plain and an
+        adaptive objective get the same (t, ε) from the same generator state)."""
         S = count or self.timesteps_per_step
         T = int(self.scheduler.config.num_train_timesteps)
-        t = torch.randint(T, (S,), generator=generator).to(self.device)
+        if timestep is None:
+            t = torch.randint(T, (S,), generator=generator).to(self.device)
+        else:
+            t = torch.full((S,), int(timestep), dtype=torch.long, device=self.device)
         eps = torch.randn((S, *self.x0.shape[1:]), generator=generator).to(self.device)
-        z = super().draw(generator)
+        z = self.smoothing_draw()
         x_t = self.scheduler.add_noise(self.x0.expand(S, -1, -1, -1), eps, t)
         if self.reference is None:
             return UNetDraw(z, t, x_t, eps)
@@ -83,6 +88,11 @@ class DenoisingObjective(ConditioningObjective):
 
     def fix_evaluation(self, generator: torch.Generator | None) -> None:
         self.evaluation = self.draw(generator, self.eval_timesteps)
+
+    def rerank_draw(self) -> UNetDraw:
+        """The fixed evaluation (t, ε) with fresh smoothing noise."""
+        ev = self.evaluation
+        return UNetDraw(self.smoothing_draw(), ev.timesteps, ev.latents, ev.target)
 
     def batch_losses(self, batch: TokenizedBatch, z: UNetDraw, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Mean over the m EOT draws and S timesteps of ||ε_θ − target||² / (C·h·w): ``[B]``."""

@@ -1,15 +1,23 @@
 """Ring-A-Bell (Tsai et al., ICLR 2024): a genetic search for K tokens whose encoding approximates
-T(prompt) + η·Δ_concept, Δ_concept the mean difference of the concept's pair encodings (our ``Concept.direction``).
+T(prompt) + η·Δ_concept, Δ_concept the mean difference of the concept's pair encodings (our ``Concept.direction``,
+or the reference's own ``*_vector.npy`` via ``--concept``).
 
-As in the reference implementation (chiayi-hsu/Ring-A-Bell, ``InversePrompt.ipynb``): a random population of
-K-token prompts; each generation keeps the better half by fitness (squared error to the target; here the mean,
-i.e. the reference's sum divided by L·D), then one-point crossover of each survivor with a random partner with
-probability ``crossover_rate`` (two children), then a random token at a random position with probability
-``mutation_rate`` per individual. One change: the best individual is never mutated, so the best loss never rises.
+As in the reference implementation (chiayi-hsu/Ring-A-Bell, ``InversePrompt.ipynb``): a population of 200 random
+K-token prompts over the whole vocabulary (every non-special token); 3000 generations, each keeps the better half
+by fitness (squared error to the target; here the mean, i.e. the reference's sum divided by L·D), then one-point
+crossover of each survivor with a random partner with probability 0.5 (two children; the cut may fall before the
+first token, as the reference's), then, with probability 0.25 per individual, one random position gets a random
+token. The reference mutates every individual, the best included (``elitism=True`` keeps the best unmutated).
+The result is the best individual of the last generation, decoded (sub-word tokens may merge when the text is
+tokenized again: ``exact`` says whether they did).
+
+Per-concept defaults: nudity K = 16, η = 3 (``InversePrompt.ipynb``); violence K = 77, i.e. the whole prompt
+(75 tokens on CLIP), η = 5.5 (the released ``data/InvPrompt/Violence/Violence_eta_5.5_K_77.csv``); other
+concepts K = 16, η = 3.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -19,19 +27,25 @@ from .base import AttackConfig, Progress, TextAttack
 from .objective import TextObjective
 from .vocab import Vocabulary
 
+# concept (matched as a substring of its name) → (K, η); K None: the encoder's whole prompt (77 on CLIP)
+CONCEPT_DEFAULTS: dict[str, tuple[int | None, float]] = {"nudity": (16, 3.0), "violence": (None, 5.5)}
+FALLBACK = (16, 3.0)
+
 
 @dataclass(frozen=True)
 class RingABellConfig(AttackConfig):
-    """Ring-A-Bell's knobs; reference values: population 200, 3000 generations, mutation 0.25, crossover 0.5,
-    K = 16, η = 3 (nudity). The default generation count is lower so that a CPU run finishes."""
+    """Ring-A-Bell's knobs (reference: population 200, 3000 generations, mutation 0.25, crossover 0.5; K and η
+    per concept when left None)."""
 
-    budget: int = 16
-    iterations: int = 200             # generations
+    tokens: int | None = None
+    eta: float | None = None
+    iterations: int = 3000            # generations
     mode: str = "replace"
     loss: str = "mse"
     population: int = 200
     mutation_rate: float = 0.25
     crossover_rate: float = 0.5
+    elitism: bool = False             # True: the best individual is never mutated (not the reference)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,31 +57,40 @@ class RingABellConfig(AttackConfig):
                 raise AmsmoothError(f"{name} must be in [0, 1], got {value}")
 
 
+def concept_defaults(name: str, max_content: int) -> tuple[int, float]:
+    """Ring-A-Bell's (K, η) for a concept name (nudity 16/3, violence whole prompt/5.5, else 16/3)."""
+    for key, (k, eta) in CONCEPT_DEFAULTS.items():
+        if key in name.lower():
+            return (max_content if k is None else min(k, max_content)), eta
+    return min(FALLBACK[0], max_content), FALLBACK[1]
+
+
 def _coin(p: float, generator: torch.Generator | None) -> bool:
     return bool(torch.rand((), generator=generator) < p)
 
 
 def crossover(parents: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
     """Each parent ``[P, K]`` is kept; with probability ``rate`` it and a random partner swap tails at a random
-    point, adding both children. Returns ``[P + 2·(#crossings), K]``."""
+    cut in 0..K−1 (the reference's range), adding both children. Returns ``[P + 2·(#crossings), K]``."""
     P, K = parents.shape
     out = [parents]
     for i in range(P):
-        if K < 2 or not _coin(rate, generator):
+        if not _coin(rate, generator):
             continue
         j = int(torch.randint(P, (), generator=generator))
-        cut = int(torch.randint(1, K, (), generator=generator))
+        cut = int(torch.randint(K, (), generator=generator))
         out.append(torch.cat([parents[i, :cut], parents[j, cut:]])[None])
         out.append(torch.cat([parents[j, :cut], parents[i, cut:]])[None])
     return torch.cat(out)
 
 
 def mutate(population: torch.Tensor, rate: float, vocabulary: Vocabulary,
-           generator: torch.Generator | None) -> torch.Tensor:
-    """With probability ``rate`` per individual, one random position gets a random vocabulary token."""
+           generator: torch.Generator | None, elitism: bool = False) -> torch.Tensor:
+    """With probability ``rate`` per individual, one random position gets a random vocabulary token (row 0, the
+    best, is spared when ``elitism``)."""
     out = population.clone()
     P, K = out.shape
-    for i in range(1, P):   # the best individual (row 0) is never mutated
+    for i in range(1 if elitism else 0, P):
         if _coin(rate, generator):
             out[i, int(torch.randint(K, (), generator=generator))] = vocabulary.sample((), generator)
     return out
@@ -76,15 +99,18 @@ def mutate(population: torch.Tensor, rate: float, vocabulary: Vocabulary,
 def genetic_search(objective: TextObjective, prefix: TokenizedBatch, vocabulary: Vocabulary,
                    config: RingABellConfig, generator: torch.Generator | None,
                    progress: Progress | None = None) -> tuple[list[int], list[float]]:
-    """Best K-token suffix and the best loss after each generation (selection → crossover → mutation)."""
-    population = vocabulary.sample((config.population, config.budget), generator)
+    """Best K-token individual of the last generation and the generation-best loss after each generation."""
+    population = vocabulary.sample((config.population, config.tokens), generator)
     cache: dict[tuple, float] = {}        # plain objective is deterministic: score each individual once
     history: list[float] = []
     for g in range(config.iterations):
-        z = objective.draw(generator)     # adaptive: fresh smoothing noise, shared by the generation
+        z = objective.draw(generator)     # adaptive: fresh smoothing noise (its own stream), shared by the generation
         losses = _fitness(objective, prefix, population, z, cache)
         order = torch.argsort(losses, stable=True)[: max(1, config.population // 2)]
         population, best = population[order], float(losses[order[0]])
+        if objective.pool is not None:                  # adaptive re-ranking: offer the generation's best
+            for row, value in zip(population[: objective.pool.size].tolist(), losses[order].tolist()):
+                objective.record(row, value)
         survivors = {tuple(row) for row in population.tolist()}
         cache = {k: v for k, v in cache.items() if k in survivors}
         history.append(best)
@@ -92,7 +118,7 @@ def genetic_search(objective: TextObjective, prefix: TokenizedBatch, vocabulary:
             progress(g + 1, best)
         if g < config.iterations - 1:
             population = mutate(crossover(population, config.crossover_rate, generator),
-                                config.mutation_rate, vocabulary, generator)
+                                config.mutation_rate, vocabulary, generator, config.elitism)
     return population[0].tolist(), history
 
 
@@ -113,4 +139,11 @@ class RingABell(TextAttack):
 
     name = "rab"
     config_class = RingABellConfig
+    quick = {"population": 16, "iterations": 10}
+    vocabulary_kind = "all"
     search_fn = staticmethod(genetic_search)
+
+    def resolve(self, config: RingABellConfig) -> RingABellConfig:
+        k, eta = concept_defaults(self.concept.name, self.encoder.max_content)
+        return replace(config, tokens=config.tokens if config.tokens is not None else k,
+                       eta=config.eta if config.eta is not None else eta)

@@ -41,7 +41,7 @@ def attack_settings(attack: TextAttack, seed: int) -> dict[str, Any]:
     """Everything that determines the rows: attack, its config, seed, encoder, concept(s), defense if adaptive
     (and, for the U-Net attacks, the models and target images)."""
     smoothing = attack.smoothing
-    return {
+    settings = {
         **attack.settings(),
         "format": FORMAT, "attack": attack.name, "adaptive": attack.adaptive, "seed": seed,
         "config": attack.config.to_dict(), "encoder": attack.encoder.fingerprint(),
@@ -50,6 +50,7 @@ def attack_settings(attack: TextAttack, seed: int) -> dict[str, Any]:
             **smoothing.config.to_dict(),
             "concept_sha256": [_tensor_sha(c.direction) for c in smoothing.concepts]},
     }
+    return json.loads(json.dumps(settings))      # as stored: tuples become lists
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -134,8 +135,8 @@ def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Pat
     outer = tqdm(total=len(cases), initial=len(cases) - len(todo), desc=f"{attack.name}", unit="prompt",
                  disable=not progress)
     for case in todo:
-        inner = tqdm(total=attack.config.iterations, desc=f"case {case.case_number}", leave=False,
-                     disable=not progress)
+        total = attack.total_steps() if hasattr(attack, "total_steps") else attack.config.iterations
+        inner = tqdm(total=total, desc=f"case {case.case_number}", leave=False, disable=not progress)
 
         def tick(step: int, best: float) -> None:
             inner.update(step - inner.n)
@@ -149,3 +150,19 @@ def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Pat
         outer.set_postfix(loss=f"{result.loss:.4g}")
     outer.close()
     return len(cases) - len(todo), len(todo)
+
+
+def summarize(path: str | Path, seed: int = 0) -> str:
+    """One line about an attack CSV: rows, exact re-tokenizations, mean loss with its bootstrap 95 % CI over
+    prompts (the loss is each attack's own objective: compare rows of one attack and setting only)."""
+    from .stats import bootstrap_mean
+
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return f"{path}: no rows"
+    losses = [float(r["loss"]) for r in rows]
+    exact = sum(r["exact"] == "True" for r in rows)
+    ci = bootstrap_mean(losses, seed=seed)
+    spread = f", 95 % CI [{ci.low:.4g}, {ci.high:.4g}] (bootstrap over prompts)" if len(rows) > 1 else ""
+    return (f"{len(rows)} prompt(s), {exact} re-tokenize exactly; loss mean {ci.mean:.4g}{spread}")

@@ -1,13 +1,7 @@
-"""The U-Net attacks: UnlearnDiffAtk (``uda``, Zhang et al., 2024) and P4D (``p4d``, Chin et al., 2024).
-
-Both search K real vocabulary tokens by projected gradient steps in token-embedding space (the QF-PGD search,
-:func:`~amsmooth.attacks.qf_pgd.projected_gradient_search`), with the gradient taken through the *attacked*
-(unlearned) U-Net's noise prediction (:class:`~amsmooth.attacks.denoising.DenoisingObjective`):
-
-- ``uda``: K = 5 tokens *prepended* to the prompt; ε_θ(x_t, t, c(adv)) should match the true noise ε of a noised
-  target image, so the unlearned model reconstructs the image the original model makes of the prompt;
-- ``p4d`` (P4D-N): K = 16 tokens *replacing* the prompt; ε_θ(x_t, t, c(adv)) should match the original U-Net's
-  prediction ε_orig(x_t, t, c(source)) on the same noisy latent.
+"""What the U-Net attacks share: the attacked diffusion model (:class:`DiffusionModels`: pipeline, unlearned U-Net,
+original U-Net), the target images, and the attack skeleton :class:`UNetAttack` whose objective is the attacked
+U-Net's noise-prediction error (:class:`~amsmooth.attacks.denoising.DenoisingObjective`). UnlearnDiffAtk lives in
+:mod:`amsmooth.attacks.uda`, P4D in :mod:`amsmooth.attacks.p4d`.
 
 The text encoder is the pipeline's own; ``--adaptive`` routes the conditioning through AMS (EOT draws,
 straight-through median) exactly as for the text attacks.
@@ -16,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,32 +22,26 @@ from ..errors import AmsmoothError
 from ..prompts import PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
 from .base import SearchConfig, TextAttack
-from .denoising import DenoisingObjective, Reference, unet_forward
-from .objective import ConditioningObjective
-from .qf_pgd import projected_gradient_search
+from .denoising import DenoisingObjective, Reference
 from .targets import TargetLatents
 from .vocab import Vocabulary
 
 
 @dataclass(frozen=True)
 class UNetAttackConfig(SearchConfig):
-    """UnlearnDiffAtk's knobs (K = 5 prepended tokens); P4D's config changes the defaults."""
+    """What the U-Net attacks share; UnlearnDiffAtk's and P4D's configs set their defaults."""
 
-    budget: int = 5
-    iterations: int = 40              # gradient steps
+    tokens: int | None = 5
+    iterations: int = 40
     mode: str = "prepend"
-    step_size: float = 1.0            # Adam learning rate, in units of the embedding table's coordinate std
-    timesteps_per_step: int = 1       # S: (t, ε) pairs drawn per gradient step
-    eval_timesteps: int = 4           # fixed (t, ε) pairs on which candidates are compared and the result scored
+    eval_timesteps: int = 4           # fixed (t, ε) pairs on which the result's loss is reported
     target_steps: int = 50            # denoising steps of the generated target image
     height: int | None = None         # image size in pixels (None: the pipeline's default)
     width: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (math.isfinite(self.step_size) and self.step_size > 0):
-            raise AmsmoothError(f"step_size must be a finite number > 0, got {self.step_size}")
-        for name in ("timesteps_per_step", "eval_timesteps", "target_steps"):
+        for name in ("eval_timesteps", "target_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise AmsmoothError(f"{name} must be an integer >= 1, got {value}")
@@ -62,15 +49,6 @@ class UNetAttackConfig(SearchConfig):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 8 or value % 8):
                 raise AmsmoothError(f"{name} must be a positive multiple of 8, got {value}")
-
-
-@dataclass(frozen=True)
-class P4DConfig(UNetAttackConfig):
-    """P4D-N: K = 16 tokens replacing the prompt."""
-
-    budget: int = 16
-    iterations: int = 100
-    mode: str = "replace"
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -130,10 +108,31 @@ class DiffusionModels:
         return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
 
 
-class UnlearnDiffAtk(TextAttack):
-    """UnlearnDiffAtk: K prepended tokens so that the attacked U-Net denoises towards the target image (ε-match)."""
+def generate_image(models: "DiffusionModels", text: str, case: PromptCase, steps: int, height: int, width: int,
+                   smoothing: AdaptiveMedianSmoothing | None = None,
+                   noise: torch.Generator | None = None) -> Any:
+    """One image (PIL) of ``text`` by the *attacked* U-Net, the case's seed and guidance (through AMS when
+    ``smoothing``: the conditioning the defended pipeline would use)."""
+    from ..eval.runner import GenerationSettings
 
-    name = "uda"
+    gen = GenerationSettings(steps=steps, height=height, width=width)
+    pipe, original = models.pipe, models.pipe.unet
+    kwargs: dict[str, Any] = {"prompt": text}
+    if smoothing is not None:
+        kwargs = {"prompt_embeds": smoothing.encode([text], noise).to(models.encoder.dtype)}
+    pipe.unet = models.unet
+    try:
+        with torch.no_grad():
+            out = pipe(generator=torch.Generator().manual_seed(gen.seed_of(case)), **gen.kwargs(case), **kwargs)
+    finally:
+        pipe.unet = original
+    return out.images[0]
+
+
+class UNetAttack(TextAttack):
+    """A token attack through the attacked (unlearned) U-Net's noise prediction (UnlearnDiffAtk, P4D)."""
+
+    name = "unet"
     config_class = UNetAttackConfig
     needs_original = False                 # P4D's reference is the original U-Net
 
@@ -157,31 +156,11 @@ class UnlearnDiffAtk(TextAttack):
         """What the attacked U-Net's prediction should match, besides ε (None: the true noise ε)."""
         return None
 
-    def case_objective(self, case: PromptCase) -> ConditioningObjective:
+    def case_objective(self, case: PromptCase) -> DenoisingObjective:
         return DenoisingObjective(self.encoder, self.models.unet, self.models.pipe.scheduler, self.targets(case),
-                                  self.reference(case.prompt), self.config.timesteps_per_step,
-                                  self.config.eval_timesteps, self.smoothing, self.config.eot_samples,
-                                  prepend=self.prepend)
+                                  self.reference(case.prompt), 1, self.config.eval_timesteps, self.smoothing,
+                                  self.config.eot_samples, layout=self.layout)
 
     def settings(self) -> dict[str, Any]:
         folder = self.targets.folder
         return {"models": self.models.describe(), "target_images": None if folder is None else str(folder)}
-
-    search_fn = staticmethod(projected_gradient_search)
-
-
-class P4D(UnlearnDiffAtk):
-    """P4D-N: K tokens so that the attacked U-Net predicts what the original predicts for the source prompt."""
-
-    name = "p4d"
-    config_class = P4DConfig
-    needs_original = True
-
-    def reference(self, prompt: str) -> Reference:
-        """ε_orig(x_t, t, c(source prompt)), plain conditioning, no gradient: ``[S, C, h, w]``."""
-        original = self.models.original
-        cond = self.encoder.encode([prompt])                                   # [1, L, D]
-
-        def predict(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return unet_forward(original, x_t, t, cond.expand(t.shape[0], -1, -1).to(x_t.device))
-        return predict

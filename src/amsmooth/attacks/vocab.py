@@ -1,13 +1,23 @@
-"""The token vocabulary an attack may search, and candidate prompts built from token ids.
+"""The token vocabulary an attack may search, where its tokens go in the prompt, and candidate prompts built from
+token ids.
 
-Only tokens that are a whole word on their own are searched: token i is kept when it is not a special token and
-``tokenize(decode([i])) == [i]``. Such tokens decode to text that re-tokenizes to the same ids (CLIP: tokens ending
-in ``</w>``; WordPiece: no ``##`` pieces, no ``[unused]`` slots), so an adversarial prompt is plain text that
-the pipeline reads exactly as it was optimized.
+Two search spaces (``Vocabulary(kind=...)``):
+
+- ``"words"``: tokens that are a whole word on their own (not special, ``tokenize(decode([i])) == [i]``; CLIP:
+  tokens ending in ``</w>``, WordPiece: no ``##`` pieces or ``[unused]`` slots). Such tokens decode to text that
+  re-tokenizes to the same ids, so an adversarial prompt is read exactly as it was optimized.
+- ``"all"``: every non-special token of the vocabulary (Ring-A-Bell, UnlearnDiffAtk, P4D, MMA-Diffusion search
+  the whole vocabulary). Sub-word pieces may merge when the decoded text is tokenized again; the attacks report
+  whether it did (``exact``) and score the text as the pipeline reads it.
+
+A :class:`Layout` places the K searched tokens relative to the (kept part of the) source prompt: ``replace``
+(the K tokens are the prompt), ``append``, ``prepend``, or ``interleave`` (P4D-K: one searched token before
+every ``every`` source tokens).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -15,40 +25,60 @@ import torch
 from ..encoders import TextEncoder, TokenizedBatch
 from ..errors import AmsmoothError
 
+_IDS: dict[str, torch.Tensor] = {}   # per encoder identity and kind: the vocabulary scan takes seconds
+KINDS = ("words", "all")
+METRICS = ("l2", "cosine")
+MODES = ("replace", "append", "prepend", "interleave")
 
-_WORD_IDS: dict[str, torch.Tensor] = {}   # per encoder identity: the vocabulary scan takes seconds
+
+def token_ids(encoder: TextEncoder, kind: str = "words") -> torch.Tensor:
+    """Searchable ids ``[V']``: whole-word tokens (``kind="words"``) or all non-special tokens (``"all"``)."""
+    if kind not in KINDS:
+        raise AmsmoothError(f"unknown vocabulary kind {kind!r}; known: {', '.join(KINDS)}")
+    key = json.dumps([encoder.fingerprint(), type(encoder.tokenizer).__name__, len(encoder.tokenizer), kind],
+                     sort_keys=True)
+    if key not in _IDS:
+        _IDS[key] = _scan(encoder, kind)
+    return _IDS[key]
 
 
 def word_token_ids(encoder: TextEncoder) -> torch.Tensor:
     """Ids of the non-special tokens whose decoded text re-tokenizes to exactly that token: ``[V']``."""
-    key = json.dumps([encoder.fingerprint(), type(encoder.tokenizer).__name__, len(encoder.tokenizer)],
-                     sort_keys=True)
-    if key not in _WORD_IDS:
-        _WORD_IDS[key] = _scan_word_ids(encoder)
-    return _WORD_IDS[key]
+    return token_ids(encoder, "words")
 
 
-def _scan_word_ids(encoder: TextEncoder) -> torch.Tensor:
+def _scan(encoder: TextEncoder, kind: str) -> torch.Tensor:
     tok = encoder.tokenizer
     size = int(encoder.embedding.weight.shape[0])
     ids = list(range(min(size, len(tok))))
-    back = tok(tok.batch_decode([[i] for i in ids]), add_special_tokens=False)["input_ids"]
     special = set(tok.all_special_ids)
-    kept = [i for i, b in zip(ids, back) if b == [i] and i not in special]
+    if kind == "all":
+        kept = [i for i in ids if i not in special]
+    else:
+        back = tok(tok.batch_decode([[i] for i in ids]), add_special_tokens=False)["input_ids"]
+        kept = [i for i, b in zip(ids, back) if b == [i] and i not in special]
     if not kept:
-        raise AmsmoothError(f"{encoder.name}: no token of the vocabulary decodes and re-tokenizes to itself")
+        raise AmsmoothError(f"{encoder.name}: no searchable token in the vocabulary ({kind})")
     return torch.tensor(kept, dtype=torch.long)
 
 
 class Vocabulary:
-    """Searchable token ids and their embeddings, with random draws and L2 projection onto real tokens."""
+    """Searchable token ids and their embeddings, random draws and projection onto real tokens (L2 or cosine)."""
 
-    def __init__(self, encoder: TextEncoder, ids: torch.Tensor | None = None) -> None:
-        self.encoder = encoder
-        self.ids = word_token_ids(encoder) if ids is None else ids.long()
+    def __init__(self, encoder: TextEncoder, ids: torch.Tensor | None = None, kind: str = "words",
+                 exclude: Sequence[int] = ()) -> None:
+        self.encoder, self.kind = encoder, kind
+        ids = token_ids(encoder, kind) if ids is None else ids.long()
+        if exclude:
+            drop = torch.tensor(sorted(set(int(i) for i in exclude)), dtype=torch.long)
+            ids = ids[~torch.isin(ids, drop)]
+            if ids.numel() == 0:
+                raise AmsmoothError("every token of the vocabulary was excluded")
+        self.ids = ids
         weight = encoder.embedding.weight.detach()
         self.embeddings = weight[self.ids.to(weight.device)].float()    # [V', D]
         self._sq_norms = (self.embeddings ** 2).sum(1)                   # [V']
+        self._unit = self.embeddings / self.embeddings.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.scale = float(self.embeddings.std())                        # coordinate scale of the embeddings
 
     def __len__(self) -> int:
@@ -63,40 +93,96 @@ class Vocabulary:
         """Token embeddings of ``ids`` ``[...]`` → ``[..., D]`` (float32, no grad)."""
         return self.encoder.embedding.weight.detach()[ids.to(self.encoder.device)].float()
 
-    def project(self, points: torch.Tensor) -> torch.Tensor:
-        """Nearest searchable token in L2 for each row of ``points`` ``[K, D]`` → ids ``[K]`` (CPU)."""
+    def project(self, points: torch.Tensor, metric: str = "l2") -> torch.Tensor:
+        """Nearest searchable token of each row of ``points`` ``[K, D]`` → ids ``[K]`` (CPU), in L2 or cosine."""
         p = points.detach().float().to(self.embeddings.device)
-        dist = self._sq_norms[None, :] - 2 * p @ self.embeddings.T   # ||e_v||² − 2⟨e_v, p⟩ (+ ||p||², constant)
-        return self.ids[dist.argmin(1).cpu()]
+        if metric == "cosine":                  # P4D / PEZ: max cos(e_v, p)
+            score = -(p / p.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self._unit.T
+        elif metric == "l2":                    # ||e_v||² − 2⟨e_v, p⟩ (+ ||p||², constant)
+            score = self._sq_norms[None, :] - 2 * p @ self.embeddings.T
+        else:
+            raise AmsmoothError(f"unknown projection metric {metric!r}; known: {', '.join(METRICS)}")
+        return self.ids[score.argmin(1).cpu()]
+
+    def positions_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """Index into this vocabulary of each token id ``[K]`` → ``[K]`` (ids must be searchable)."""
+        lookup = {int(t): i for i, t in enumerate(self.ids.tolist())}
+        return torch.tensor([lookup[int(t)] for t in ids.tolist()], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the K searched tokens go: ``replace``, ``append``, ``prepend`` or ``interleave`` (one searched token
+    before every ``every`` source tokens and one at the end, as P4D-K's ``every_k``)."""
+
+    mode: str = "replace"
+    every: int = 3
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise AmsmoothError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        if not isinstance(self.every, int) or self.every < 1:
+            raise AmsmoothError(f"every must be an integer >= 1, got {self.every}")
+
+    def count(self, n_source: int, tokens: int) -> int:
+        """K for a source of ``n_source`` tokens: ``tokens``, or n // every + 1 when interleaving (P4D-K)."""
+        return n_source // self.every + 1 if self.mode == "interleave" else tokens
+
+    def total(self, n_source: int, tokens: int) -> int:
+        return (0 if self.mode == "replace" else n_source) + self.count(n_source, tokens)
+
+    def positions(self, n_source: int, k: int) -> list[int]:
+        """Content positions of the K searched tokens."""
+        if self.mode in ("replace", "prepend"):
+            return list(range(k))
+        if self.mode == "append":
+            return list(range(n_source, n_source + k))
+        return [i for i in range(n_source + k) if i % (self.every + 1) == 0][:k]
+
+    def compose(self, source: Sequence[int], adv: Sequence[int]) -> list[int]:
+        """The content ids: searched tokens ``adv`` placed among the ``source`` ids."""
+        source, adv = list(source), list(adv)
+        if self.mode == "replace":
+            return adv
+        if self.mode == "append":
+            return source + adv
+        if self.mode == "prepend":
+            return adv + source
+        pos, s, a = set(self.positions(len(source), len(adv))), iter(source), iter(adv)
+        return [next(a) if i in pos else next(s) for i in range(len(source) + len(adv))]
 
 
 def candidate_batch(encoder: TextEncoder, prefix: TokenizedBatch, suffixes: Sequence[Sequence[int]],
-                    prepend: bool = False) -> TokenizedBatch:
-    """Prompts ``prefix tokens + suffix`` for each suffix (``suffix + prefix tokens`` when ``prepend``), as a batch
-    ``[B, L]`` built from ids (no re-tokenizing).
-
-    ``prefix`` is the one-prompt tokenization of the kept prompt part (possibly empty). Each suffix token is one
-    word, which holds for the tokens of :class:`Vocabulary`.
+                    prepend: bool = False, layout: Layout | None = None) -> TokenizedBatch:
+    """Prompts made of the kept source tokens (``prefix``, a one-prompt tokenization, possibly empty) and each
+    candidate's searched tokens placed by ``layout`` (default: appended, or prepended when ``prepend``), as a batch
+    ``[B, L]`` built from ids (no re-tokenizing). Each searched token is its own word; the source tokens keep
+    their word grouping.
     """
-    base = list(prefix.content_ids[0])
+    layout = layout or Layout("prepend" if prepend else "append")
+    start = encoder.content_start
+    base = [] if layout.mode == "replace" else list(prefix.content_ids[0])
+    base_words = prefix.word_index[0, start:start + len(base)].tolist()
     adv = [[int(t) for t in s] for s in suffixes]
-    contents = [a + base for a in adv] if prepend else [base + a for a in adv]
+    contents = [layout.compose(base, a) for a in adv]
     if any(len(c) > encoder.max_content for c in contents):
         raise AmsmoothError(f"candidate longer than the encoder's {encoder.max_content} prompt tokens")
     input_ids, mask = encoder.build_ids(contents)
-    B, L, start = len(contents), encoder.max_length, encoder.content_start
+    B, L = len(contents), encoder.max_length
     content_mask = torch.zeros(B, L, dtype=torch.bool)
     word_index = torch.full((B, L), -1, dtype=torch.long)
-    prefix_words = prefix.word_index[0, start:start + len(base)]
     for b, (c, a) in enumerate(zip(contents, adv)):
         content_mask[b, start:start + len(c)] = True
-        if prepend:   # K one-token words, then the prompt's words numbered after them
-            word_index[b, start:start + len(a)] = torch.arange(len(a))
-            word_index[b, start + len(a):start + len(c)] = prefix_words + len(a)
-        else:
-            first_new = int(prefix_words.max()) + 1 if len(base) else 0
-            word_index[b, start:start + len(base)] = prefix_words
-            word_index[b, start + len(base):start + len(c)] = torch.arange(first_new, first_new + len(a))
+        adv_pos = set(layout.positions(len(base), len(a)))
+        w, last, src = -1, None, iter(base_words)
+        for i in range(len(c)):
+            if i in adv_pos:
+                w, last = w + 1, None
+            else:
+                sw = next(src)
+                if sw != last:
+                    w, last = w + 1, sw
+            word_index[b, start + i] = w
     tokens = [encoder.tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
     texts = [encoder.tokenizer.decode(c) for c in contents]
     return TokenizedBatch(texts, input_ids, mask, content_mask, word_index, tokens, contents, [""] * B)
