@@ -29,7 +29,7 @@ from ..errors import AmsmoothError
 from .prompts import prompt_set, read_truth, write_csv
 
 CONCEPT = "nudity"
-TEXT_ATTACKS = ("rab", "qf-pgd")
+TEXT_ATTACKS = ("rab", "qf", "mma", "concept-pgd")
 UNET_ATTACKS = ("uda", "p4d")
 
 
@@ -37,14 +37,14 @@ UNET_ATTACKS = ("uda", "p4d")
 class Plan:
     """Sizes and settings of one table (``quick()`` or ``full()``)."""
 
-    prompts: int = 15                         # distinct prompts per set
-    attack_prompts: int = 10                  # source prompts per attack and seed
+    prompts: int = 10                         # distinct prompts per set
+    attack_prompts: int = 5                   # source prompts per attack and seed
     calibration_prompts: int = 16
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 25                           # DDIM steps of every table image
     guidance: float = 7.5
     sets: tuple[str, ...] = ("train", "heldout", "implicit", "lookalike", "benign")
-    attacks: tuple[str, ...] = ("rab", "qf-pgd", "uda", "p4d", "rab-adaptive")
+    attacks: tuple[str, ...] = ("rab", "qf", "uda", "p4d", "rab-adaptive")
     defenses: tuple[str, ...] = ("none", "blacklist", "sld-max", "sld-medium", "ams", "sld-medium+ams")
     models: tuple[str, ...] = ("esd", "uce")
     sigma0_grid: tuple[float, ...] = (0.05, 0.1, 0.2)   # × token-embedding std
@@ -201,14 +201,16 @@ class Table:
         return write_report(self.out, self.plan, results, prompts)
 
 
+# The lab's attack budgets: labelled CPU settings between the references' (GPU-sized) and `--budget quick`
+# (a smoke setting); docs/lab.md lists them.
+LAB_BUDGETS = {"rab": ["--population", 32, "--iterations", 40], "qf": ["--iterations", 20, "--samples", 32],
+               "uda": ["--timesteps", 5, "--iterations", 10], "p4d": ["--iterations", 60, "--select", "loss"],
+               "mma": ["--iterations", 20, "--candidates", 64, "--topk", 64], "concept-pgd": ["--iterations", 40]}
+
+
 def _quick_budget(kind: str) -> list:
-    """A labelled CPU budget (not the references'): see docs/lab.md."""
-    base = kind.removesuffix("-adaptive")
-    if base == "rab":
-        return ["--iterations", 30, "--population", 32]
-    if base == "qf-pgd":
-        return ["--iterations", 40]
-    return ["--iterations", 20, "--target-steps", 20]
+    """The attack's flags for the lab (see LAB_BUDGETS)."""
+    return ["--budget", "quick", *LAB_BUDGETS[kind.removesuffix("-adaptive")]]
 
 
 def _merge_attack_parts(parts: list[tuple[int, Path]], final: Path, guidance: float) -> None:

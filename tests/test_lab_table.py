@@ -1,0 +1,39 @@
+"""A smoke run of the lab's Table 1: every step (erasure, calibration, an attack, eval runs, the report) on a
+plan of one prompt and one seed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from amsmooth.lab.model import lab_dir
+from amsmooth.lab.report import cluster, rate_with_interval
+
+shipped = pytest.mark.skipif(not (lab_dir() / "unet" / "diffusion_pytorch_model.safetensors").is_file(),
+                             reason="the lab weights are not shipped in this checkout")
+
+
+def test_bootstrap_interval_covers_the_rate_and_widens_with_disagreement() -> None:
+    same = rate_with_interval([True, True, False, False] * 5, [str(i // 2) for i in range(20)])
+    assert same[1] <= same[0] <= same[2]
+    constant = rate_with_interval([True] * 10, [str(i) for i in range(10)])
+    assert constant == (100.0, 100.0, 100.0)
+    assert cluster("12-2") == "12" and cluster("3-1-0") == "3-1"
+
+
+@shipped
+def test_lab_table_smoke(tmp_path) -> None:  # noqa: ANN001
+    from amsmooth.lab.table import Plan, Table
+
+    plan = Plan(prompts=1, attack_prompts=1, calibration_prompts=2, seeds=(0,), steps=3,
+                sets=("train", "benign"), attacks=("rab",), defenses=("none", "ams"), models=("uce",),
+                sigma0_grid=(0.1,), k_grid=(3.0,), label="smoke")
+    md = Table(tmp_path, plan).run()
+    assert "| uce | none |" in md and "| uce | ams |" in md and "rab" in md
+    summary = json.loads((tmp_path / "table.json").read_text())
+    assert {r["defense"] for r in summary["rows"]} == {"none", "ams"}
+    assert (tmp_path / "table.png").is_file()
+    cal = json.loads((tmp_path / "calibration.json").read_text())
+    assert cal["uce"]["chosen"] == {"sigma0": 0.1, "k": 3.0}
+    # resumable: a second run does no new work and gives the same table
+    assert Table(tmp_path, plan).run() == md
