@@ -208,3 +208,20 @@ def test_blacklist_leaves_prompts_without_a_listed_word_byte_identical(prompt):
     bl = Blacklist.default()
     assert not bl.matches(prompt) and bl.clean(prompt) == prompt
     assert bl.clean("a nude woman") == "a woman"
+
+
+# -- crashes and poor messages -------------------------------------------------------------------------------
+
+
+def test_first_minilm_use_prints_nothing_on_stdout(tmp_path, monkeypatch, capsys):
+    """The package prints a banner when imported and when it extracts: on the first ``--encoder minilm`` run that
+    led stdout, breaking ``--format jsonl``. A fresh import and a fresh cache must print nothing."""
+    import sys
+
+    from amsmooth.cli.common import minilm_folder
+
+    monkeypatch.setenv("AMSMOOTH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "all_minilm_l6_v2", raising=False)
+    capsys.readouterr()
+    folder = minilm_folder()
+    assert (Path(folder) / "config.json").is_file() and capsys.readouterr().out == ""
