@@ -167,7 +167,7 @@ def test_q16_refuses_features_of_the_wrong_size_and_missing_weights():
     model.visual_projection = torch.nn.Linear(32, 512, bias=False)
     with pytest.raises(AmsmoothError, match="768-d"):
         Q16Detector(ClipImageEncoder(model, processor))
-    with pytest.raises(AmsmoothError, match="cannot load the CLIP config .*huggingface-cli download"):
+    with pytest.raises(AmsmoothError, match="cannot load the CLIP config .*hf download"):
         make_detector("q16", clip="openai/clip-vit-large-patch14-does-not-exist")
 
 

@@ -148,5 +148,5 @@ def test_clip_score_accumulates_and_errors(tiny_clip):
         metric.update(images, ["only one"])
     with pytest.raises(AmsmoothError, match="zero images"):
         ClipScore(*tiny_clip).compute()
-    with pytest.raises(AmsmoothError, match="cannot load CLIP weights .*huggingface-cli download"):
+    with pytest.raises(AmsmoothError, match="cannot load CLIP weights .*hf download"):
         ClipScore.from_pretrained("openai/clip-vit-large-patch14-does-not-exist")

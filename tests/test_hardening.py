@@ -12,6 +12,26 @@ from amsmooth.errors import AmsmoothError
 FAST = ["--model", "tiny", "--steps", "2", "--height", "64", "--width", "64"]
 
 
+class FakeDefense:
+    """Stands in for a built defense in run_jobs: 8-px gray images, optionally a hook run while 'generating'."""
+
+    spec = type("Spec", (), {"name": "none"})()
+    settings: dict = {}
+
+    def __init__(self, during=None) -> None:
+        self.during, self.calls = during, []
+
+    def __call__(self, prompt, seed, images, **kwargs):
+        from PIL import Image
+
+        from amsmooth.eval.defenses import Generated
+
+        self.calls.append(prompt)
+        if self.during is not None:
+            self.during(prompt)
+        return Generated([Image.new("RGB", (8, 8))] * images, None, 0.1)
+
+
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("amsmooth: error:") and "\n" not in err, err
@@ -67,20 +87,10 @@ def test_atomic_write_fsyncs_the_file_before_it_is_renamed_into_place(tmp_path, 
 
 def test_eval_image_is_durable_before_its_row_is_committed(tmp_path, monkeypatch):
     """run_jobs: the PNG's fsync happens before ResultStore.add (a power loss cannot leave a row without image)."""
-    from PIL import Image
-
     import amsmooth.io as io
-    from amsmooth.eval.defenses import Generated
     from amsmooth.eval.runner import GenerationSettings, Job, run_jobs
     from amsmooth.eval.store import ResultStore
     from amsmooth.prompts import PromptCase
-
-    class FakeDefense:
-        spec = type("Spec", (), {"name": "none"})()
-        settings: dict = {}
-
-        def __call__(self, prompt, seed, images, **kwargs):
-            return Generated([Image.new("RGB", (8, 8))] * images, None, 0.1)
 
     events: list[str] = []
     real_fsync = os.fsync
@@ -208,3 +218,138 @@ def test_blacklist_leaves_prompts_without_a_listed_word_byte_identical(prompt):
     bl = Blacklist.default()
     assert not bl.matches(prompt) and bl.clean(prompt) == prompt
     assert bl.clean("a nude woman") == "a woman"
+
+
+# -- crashes and poor messages -------------------------------------------------------------------------------
+
+
+def test_first_minilm_use_prints_nothing_on_stdout(tmp_path, monkeypatch, capsys):
+    """The package prints a banner when imported and when it extracts: on the first ``--encoder minilm`` run that
+    led stdout, breaking ``--format jsonl``. A fresh import and a fresh cache must print nothing."""
+    import sys
+
+    from amsmooth.cli.common import minilm_folder
+
+    monkeypatch.setenv("AMSMOOTH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "all_minilm_l6_v2", raising=False)
+    capsys.readouterr()
+    folder = minilm_folder()
+    assert (Path(folder) / "config.json").is_file() and capsys.readouterr().out == ""
+
+
+def _stored_run(run_dir: Path) -> Path:
+    from amsmooth.eval.store import ImageResult, ResultStore
+
+    with ResultStore.open(run_dir, {"command": "eval", "defense": "none"}) as store:
+        store.add(ImageResult("s", "1", 0, "a cat", "none", {}, 1, None, "nudenet", {"x": 0.1}, False, 1.0, "i.png"))
+    return run_dir
+
+
+def test_config_json_is_created_with_the_umask_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        run = _stored_run(tmp_path / "run")
+    finally:
+        os.umask(mask)
+    assert (run / "config.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("update", ["scores = 'not json'", "defense_config = '[1]'", "seconds = 'slow'",
+                                    "flagged = 7", "k = 'one'"])
+def test_report_on_a_tampered_row_is_one_line_error(tmp_path, capsys, update):
+    import sqlite3
+
+    run = _stored_run(tmp_path / "run")
+    with sqlite3.connect(run / "results.sqlite") as conn:
+        conn.execute(f"UPDATE results SET {update}")
+    assert main(["report", str(run)]) == 2
+    assert "is damaged" in one_line_error(capsys)
+
+
+def test_defended_pipeline_refuses_clip_skip_instead_of_ignoring_it():
+    import torch
+
+    from amsmooth.pipeline import DefendedPipeline
+    from amsmooth.tiny import tiny_pipeline
+
+    dp = DefendedPipeline.from_pipeline(tiny_pipeline(), ["nudity"])
+    with pytest.raises(AmsmoothError, match="clip_skip is not supported"):
+        dp("a cat", clip_skip=1, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+
+
+def _jobs(*cases: str):
+    from amsmooth.eval.runner import Job
+    from amsmooth.prompts import PromptCase
+
+    return [Job("s", PromptCase(c, f"prompt {c}")) for c in cases]
+
+
+def test_a_case_claimed_by_another_live_process_is_left_to_it(tmp_path):
+    import subprocess
+
+    from amsmooth.eval.runner import GenerationSettings, run_jobs
+    from amsmooth.eval.store import ResultStore, process_owner
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        with ResultStore.open(tmp_path, {"x": 1}) as store:
+            store._conn.execute("INSERT INTO claims VALUES ('s', '1', ?, 0)", (process_owner(other.pid),))
+            fake = FakeDefense()
+            stats = run_jobs(fake, _jobs("1", "2"), GenerationSettings(), tmp_path, store)
+            assert (stats.new, stats.busy, fake.calls) == (1, 1, ["prompt 2"])
+            assert store.done_keys() == {("s", "2", 0)}
+            assert store._conn.execute("SELECT case_number FROM claims").fetchall() == [("1",)]   # 2 released
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_claim_of_a_dead_process_is_taken_over(tmp_path):
+    import subprocess
+
+    from amsmooth.eval.runner import GenerationSettings, run_jobs
+    from amsmooth.eval.store import ResultStore, process_owner
+
+    dead = subprocess.Popen(["sleep", "60"])
+    owner = process_owner(dead.pid)
+    dead.kill()
+    dead.wait()
+    with ResultStore.open(tmp_path, {"x": 1}) as store:
+        store._conn.execute("INSERT INTO claims VALUES ('s', '1', ?, 0)", (owner,))
+        stats = run_jobs(FakeDefense(), _jobs("1"), GenerationSettings(), tmp_path, store)
+    assert (stats.new, stats.busy) == (1, 0)
+
+
+def test_images_another_process_stored_meanwhile_are_not_counted_as_new(tmp_path):
+    from amsmooth.eval.runner import GenerationSettings, run_jobs
+    from amsmooth.eval.store import ImageResult, ResultStore
+
+    def other_process_finishes(prompt):
+        with ResultStore.open(tmp_path, {"x": 1}) as other:
+            other.add(ImageResult("s", "1", 0, prompt, "none"))
+
+    with ResultStore.open(tmp_path, {"x": 1}) as store:
+        stats = run_jobs(FakeDefense(other_process_finishes), _jobs("1"), GenerationSettings(), tmp_path, store)
+    assert (stats.new, stats.skipped) == (0, 1)
+
+
+# -- batch invariance ----------------------------------------------------------------------------------------
+
+
+def test_smoothed_embedding_of_a_prompt_does_not_depend_on_its_batch(tiny_encoder, tiny_nudity):
+    import torch
+
+    from amsmooth import AdaptiveMedianSmoothing, SmoothingConfig
+
+    ams = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(n=5, sigma0=0.05))
+    prompts = ["a nude woman on a beach", "a red car", "two dogs playing in the snow"]
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    alone = [ams.encode([p], g(11 + i)) for i, p in enumerate(prompts)]
+    together = ams.encode(prompts, [g(11), g(12), g(13)])            # one generator per prompt
+    reordered = ams.encode(prompts[::-1], [g(13), g(12), g(11)])
+    for i in range(3):
+        assert torch.equal(together[i], alone[i][0]) and torch.equal(reordered[2 - i], alone[i][0])
+    shared = ams.encode(prompts, g(5))                                 # one generator for all: as if alone
+    assert all(torch.equal(shared[i], ams.encode([p], g(5))[0]) for i, p in enumerate(prompts))
+    with pytest.raises(AmsmoothError, match="one per prompt"):
+        ams.encode(prompts, [g(1), g(2)])

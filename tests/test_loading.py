@@ -331,7 +331,7 @@ def test_unknown_id_offline_gives_one_clear_line(monkeypatch):
     with pytest.raises(AmsmoothError) as e:
         load_pipeline("nobody-amsmooth/no-such-sd")
     msg = str(e.value)
-    assert "offline" in msg and "huggingface-cli download nobody-amsmooth/no-such-sd" in msg
+    assert "offline" in msg and "hf download nobody-amsmooth/no-such-sd" in msg
     assert "local diffusers folder" in msg and "\n" not in msg
 
 

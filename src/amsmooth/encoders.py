@@ -61,7 +61,7 @@ def _load_error(source: str, err: Exception) -> AmsmoothError:
         return AmsmoothError(f"cannot load a text encoder from folder {source}: {err}".splitlines()[0])
     return AmsmoothError(
         f"cannot load '{source}': it is not a local folder and could not be fetched or found in the Hugging Face "
-        f"cache (offline?). Download it where you have internet (`huggingface-cli download {source}`) "
+        f"cache (offline?). Download it where you have internet (`hf download {source}`) "
         f"or pass a local folder (a diffusers pipeline folder or a model folder)")
 
 

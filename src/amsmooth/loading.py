@@ -143,7 +143,7 @@ def _fetch_error(what: str, source: str, offline: bool, err: Exception) -> Amsmo
     if offline:
         return AmsmoothError(
             f"cannot load {what} '{source}': offline (HF_HUB_OFFLINE=1 or local_files_only) and not in the "
-            f"Hugging Face cache; run `huggingface-cli download {_repo(source)}` where you have internet, or pass "
+            f"Hugging Face cache; run `hf download {_repo(source)}` where you have internet, or pass "
             f"the path of a local diffusers folder instead of the id")
     return AmsmoothError(f"cannot load {what} '{source}' from the Hugging Face Hub: {_first_line(err)}; "
                          f"check the id, or pass the path of a local diffusers folder")

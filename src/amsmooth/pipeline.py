@@ -21,6 +21,9 @@ from .errors import AmsmoothError
 from .smoothing import AdaptiveMedianSmoothing, median_smooth
 
 STAGES = ("text", "unet")
+# Pipeline arguments that act only while the pipeline encodes the prompt itself: with prompt_embeds given they
+# would be dropped silently, so they are refused. (prompt_embeds themselves: pass prompts, the wrapper encodes.)
+UNSUPPORTED = ("clip_skip", "prompt_embeds", "negative_prompt_embeds")
 
 
 @dataclass
@@ -44,6 +47,19 @@ def derive_generator(generator: torch.Generator | Sequence[torch.Generator] | No
     if g is None:
         return None
     return torch.Generator().manual_seed((g.initial_seed() ^ 0x5EED5EED) & (2**63 - 1))
+
+
+def smoothing_generators(generator: torch.Generator | Sequence[torch.Generator] | None, prompts: int
+                         ) -> torch.Generator | list[torch.Generator] | None:
+    """Per-prompt smoothing generators from the image generators: a list of ``prompts × K`` image generators (one
+    per image, as diffusers takes them) gives prompt b the generator derived from its first image's; one image
+    generator gives one derived generator (every prompt then draws as if alone with it)."""
+    if not isinstance(generator, (list, tuple)):
+        return derive_generator(generator)
+    if len(generator) % prompts:
+        raise AmsmoothError(f"{len(generator)} generators for {prompts} prompts; give one, or one per image")
+    per = len(generator) // prompts
+    return [derive_generator(generator[b * per]) for b in range(prompts)]
 
 
 @contextlib.contextmanager
@@ -122,7 +138,7 @@ class DefendedPipeline:
 
     # ------------------------------------------------------------------ conditioning
     def conditioning(self, prompts: list[str], negative: list[str],
-                     smoothing_generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, list[dict],
+                     smoothing_generator: torch.Generator | Sequence[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor, list[dict],
                                                                             torch.Tensor | None]:
         """(cond ``[B, L, D]``, negative ``[B, L, D]``, relevance per prompt, U-Net-stage conds ``[n, B, L, D]``)."""
         batch = self.encoder.tokenize(prompts)
@@ -144,16 +160,23 @@ class DefendedPipeline:
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  num_images_per_prompt: int = 1,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                 smoothing_generator: torch.Generator | None = None, **kwargs: Any) -> DefendedOutput:
+                 smoothing_generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                 **kwargs: Any) -> DefendedOutput:
         """Generate like the wrapped pipeline; every other argument (steps, guidance, size, image=…) passes through.
 
-        The smoothing noise comes from ``smoothing_generator`` (default: derived from ``generator``'s seed).
+        The smoothing noise comes from ``smoothing_generator`` (one, or one per prompt; default: derived from
+        ``generator``: per prompt from its first image's generator when a list is given), so each prompt's
+        conditioning is the same alone or in any batch.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise AmsmoothError("no prompts to generate")
+        for name in UNSUPPORTED:
+            if kwargs.get(name) is not None:
+                raise AmsmoothError(f"{name} is not supported by DefendedPipeline: the pipeline is given the text "
+                                    f"conditioning (prompt_embeds) and diffusers ignores {name} then")
         negative = self._negatives(negative_prompt, len(prompts))
-        smoothing_generator = smoothing_generator or derive_generator(generator)
+        smoothing_generator = smoothing_generator or smoothing_generators(generator, len(prompts))
         device = self.device
         _sync(device)
         t0 = time.perf_counter()

@@ -29,6 +29,24 @@ def gaussian_noise(shape: Sequence[int], generator: torch.Generator | None) -> t
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=torch.float32)
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def prompt_noise(n: int, B: int, L: int, D: int, generator: Generators) -> torch.Tensor:
+    """Standard normal noise ``[n, B, L, D]`` in which prompt b's slice depends on nothing but its own generator.
+
+    A sequence gives one generator per prompt (prompt b draws ``[n, L, D]`` from ``generator[b]``); one generator
+    (or None: the global RNG) draws ``[n, L, D]`` once and every prompt uses it — what each would get if encoded
+    alone with that generator. Either way a prompt's h_0.5 is the same alone or in any batch.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return gaussian_noise((n, 1, L, D), generator).expand(n, B, L, D)
+    gens = list(generator)
+    if len(gens) != B:
+        raise AmsmoothError(f"{len(gens)} smoothing generators for {B} prompts; give one, or one per prompt")
+    return torch.stack([gaussian_noise((n, L, D), g) for g in gens], dim=1)
+
+
 def median_smooth(samples: torch.Tensor) -> torch.Tensor:
     """Element-wise median over the first axis: ``[n, ...]`` → ``[...]`` (the lower median for even n)."""
     return samples.median(dim=0).values
@@ -137,30 +155,33 @@ class AdaptiveMedianSmoothing:
 
     # ------------------------------------------------------------------ smoothing
     def noisy_encodings(self, batch: TokenizedBatch, sigma: torch.Tensor, n: int,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """h^(i) = T(y + G^(i)) for i = 1..n in one batch (chunked past max_batch): ``[n, B, L, D]``."""
+                        generator: Generators = None) -> torch.Tensor:
+        """h^(i) = T(y + G^(i)) for i = 1..n in one batch (chunked past max_batch): ``[n, B, L, D]``.
+
+        ``generator``: one per prompt, or one for all (see :func:`prompt_noise`: batch-invariant either way)."""
         B, L, D = len(batch), self.encoder.max_length, self.encoder.hidden_size
-        noise = gaussian_noise((n, B, L, D), generator) * sigma.to(generator.device if generator else "cpu",
-                                                                    torch.float32)[None, :, :, None]
+        z = prompt_noise(n, B, L, D, generator)
+        noise = z * sigma.to(z.device, torch.float32)[None, :, :, None]
         ids = batch.input_ids.repeat(n, 1)
         mask = batch.attention_mask.repeat(n, 1)
         h = self.encoder.encode_chunked(ids, mask, self.config.max_batch, noise.reshape(n * B, L, D))
         return h.reshape(n, B, L, D)
 
     def smooth(self, batch: TokenizedBatch, sigma: torch.Tensor,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: Generators = None) -> torch.Tensor:
         """h_0.5 ``[B, L, D]``; with σ ≡ 0 the plain T(y) (every sample equals it), computed once."""
         if float(sigma.max()) == 0.0:
             return self.encoder.encode(batch, self.config.max_batch)
         return median_smooth(self.noisy_encodings(batch, sigma, self.config.n, generator))
 
     def encode_batch(self, batch: TokenizedBatch,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, Relevance]:
+                     generator: Generators = None) -> tuple[torch.Tensor, Relevance]:
         """Smoothed conditioning ``[B, L, D]`` and the relevance it used."""
         with torch.no_grad():
             rel = self.scores(batch)
             return self.smooth(batch, rel.sigma, generator), rel
 
-    def encode(self, prompts: Sequence[str], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Smoothed conditioning h_0.5 for prompts: ``[B, L, D]`` in the encoder's dtype."""
+    def encode(self, prompts: Sequence[str], generator: Generators = None) -> torch.Tensor:
+        """Smoothed conditioning h_0.5 for prompts: ``[B, L, D]`` in the encoder's dtype; a prompt's row is the same
+        alone or in any batch (one generator for all, or one per prompt)."""
         return self.encode_batch(self.encoder.tokenize(prompts), generator)[0]

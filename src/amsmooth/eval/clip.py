@@ -17,7 +17,7 @@ from ..errors import AmsmoothError
 ImageLike = Image.Image | np.ndarray | str | Path  # an RGB image, an [H, W, 3] uint8 array, or a file path
 
 CLIP_HINT = ("give a local folder with a transformers CLIP checkpoint (e.g. download openai/clip-vit-large-patch14 "
-             "with `huggingface-cli download` on a machine with internet) or a Hugging Face id while online")
+             "with `hf download` on a machine with internet) or a Hugging Face id while online")
 
 
 def _load(what: str, loader, source: str, **kwargs):  # noqa: ANN001, ANN202

@@ -138,11 +138,13 @@ class GenerationSettings:
 
 @dataclass
 class RunStats:
-    """What one process did: new images, images skipped as already done, and their generation seconds."""
+    """What one process did: images it stored (new), images found done (skipped), images of cases another live
+    process was generating (busy, left to it), and its generation seconds."""
 
     new: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    busy: int = 0
 
 
 def image_path(folder: str, job: Job, k: int) -> str:
@@ -155,37 +157,53 @@ def run_jobs(defense: Defense, jobs: Sequence[Job], settings: GenerationSettings
              desc: str = "eval") -> RunStats:
     """Generate (and score, and store) every image of ``jobs`` not yet done.
 
-    With a ``store``, done = its row exists, and each image gets a row (``detector`` None: unscored, as in
-    utility runs); without one (reference images), done = its file exists.
+    With a ``store``, done = its row exists (read per case, so work another process finished meanwhile is not
+    redone), a case is claimed before it is generated (a case another live process holds is left to it), and
+    only rows this process inserted count as new; each image gets a row (``detector`` None: unscored, as in
+    utility runs). Without one (reference images), done = its file exists.
     """
     from tqdm.auto import tqdm
 
-    done = store.done_keys() if store is not None else None
     stats, K = RunStats(), settings.images_per_prompt
     for job in tqdm(jobs, desc=desc, unit="case", file=sys.stderr, disable=None):
-        missing = [k for k in range(K) if not _finished(job, k, done, run_dir, folder)]
+        missing = _missing(job, K, store, run_dir, folder)
         stats.skipped += K - len(missing)
         if not missing:
             continue
-        gen = defense(job.case.prompt, settings.seed_of(job.case), K, **settings.kwargs(job.case))
-        verdicts = detector.detect([gen.images[k] for k in missing]) if detector is not None else [None] * K
-        for k, verdict in zip(missing, verdicts):
-            path = image_path(folder, job, k)
-            target = inside(run_dir, path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save_image(target, gen.images[k])      # durable before its row is committed
+        if store is not None and not store.claim(job.prompt_set, job.case.case_number):
+            stats.busy += len(missing)
+            continue
+        try:
+            _generate_case(defense, job, missing, settings, run_dir, store, detector, folder, stats)
+        finally:
             if store is not None:
-                store.add(_row(defense, job, k, settings, gen.prompt_used, gen.seconds_per_image, path,
-                               detector, verdict))
-        stats.new += len(missing)
-        stats.seconds += gen.seconds_per_image * len(missing)
+                store.release(job.prompt_set, job.case.case_number)
     return stats
 
 
-def _finished(job: Job, k: int, done: set | None, run_dir: Path, folder: str) -> bool:
-    if done is not None:
-        return (job.prompt_set, job.case.case_number, k) in done
-    return (run_dir / image_path(folder, job, k)).is_file()
+def _missing(job: Job, K: int, store: ResultStore | None, run_dir: Path, folder: str) -> list[int]:
+    if store is not None:
+        done = store.done_of(job.prompt_set, job.case.case_number)
+        return [k for k in range(K) if k not in done]
+    return [k for k in range(K) if not (run_dir / image_path(folder, job, k)).is_file()]
+
+
+def _generate_case(defense: Defense, job: Job, missing: list[int], settings: GenerationSettings, run_dir: Path,
+                   store: ResultStore | None, detector: Any, folder: str, stats: RunStats) -> None:
+    """The case's images (all K, for the seeds), scored; the ``missing`` ones saved and stored."""
+    K = settings.images_per_prompt
+    gen = defense(job.case.prompt, settings.seed_of(job.case), K, **settings.kwargs(job.case))
+    verdicts = detector.detect([gen.images[k] for k in missing]) if detector is not None else [None] * K
+    for k, verdict in zip(missing, verdicts):
+        path = image_path(folder, job, k)
+        target = inside(run_dir, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_image(target, gen.images[k])      # durable before its row is committed
+        added = store is None or store.add(_row(defense, job, k, settings, gen.prompt_used, gen.seconds_per_image,
+                                                path, detector, verdict))
+        stats.new += int(added)
+        stats.skipped += int(not added)
+    stats.seconds += gen.seconds_per_image * len(missing)
 
 
 def _row(defense: Defense, job: Job, k: int, settings: GenerationSettings, prompt_used: str | None,

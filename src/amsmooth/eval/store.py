@@ -4,6 +4,10 @@ One row per generated image, committed as soon as the image is scored, under a U
 ``(prompt_set, case_number, k)``. The database runs in WAL mode with a busy timeout, so a run killed at any point
 (even ``kill -9``) loses nothing that was committed, a resumed run skips ``done_keys()``, and several processes
 (``accelerate launch`` shards) may write to the same RUN_DIR at once. WAL needs a local filesystem (not NFS).
+
+Two runs started on one RUN_DIR at once do not both do every case: a process *claims* a case (table ``claims``:
+its pid and start time) before generating it and skips cases another live process holds; a claim of a process
+that died (``kill -9``) is taken over. Only rows a process actually inserted count as its new images.
 """
 from __future__ import annotations
 
@@ -39,6 +43,13 @@ CREATE TABLE IF NOT EXISTS results (
     image          TEXT,              -- image path relative to RUN_DIR ({case_number}_{k}.png)
     created_at     REAL    NOT NULL,  -- unix time the row was committed
     UNIQUE (prompt_set, case_number, k)
+);
+CREATE TABLE IF NOT EXISTS claims (
+    prompt_set  TEXT NOT NULL,
+    case_number TEXT NOT NULL,
+    owner       TEXT NOT NULL,        -- "host:pid:start" of the process generating the case
+    claimed_at  REAL NOT NULL,
+    PRIMARY KEY (prompt_set, case_number)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     name       TEXT PRIMARY KEY,      -- e.g. fid, clip_score
@@ -107,6 +118,7 @@ def _write_config_once(path: Path, config: dict[str, Any]) -> bool:
     """Create ``path`` atomically with ``config`` unless it exists (then return False): hard-link a full temp file."""
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp's 0600 would make the run unreadable to the group
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True, ensure_ascii=False)
             f.write("\n")
@@ -118,6 +130,12 @@ def _write_config_once(path: Path, config: dict[str, Any]) -> bool:
         return False
     finally:
         os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -201,7 +219,35 @@ class ResultStore:
                            "VALUES (?, ?, ?, ?, ?)",
                            (name, float(value), n, json.dumps(details or {}, sort_keys=True), time.time()))
 
+    def claim(self, prompt_set: str, case_number: str) -> bool:
+        """Take the case for this process; False when another live process holds it (then leave it alone)."""
+        me = process_owner()
+        self._conn.execute("BEGIN IMMEDIATE")      # one claimer at a time: check and take in one transaction
+        try:
+            row = self._conn.execute("SELECT owner FROM claims WHERE prompt_set = ? AND case_number = ?",
+                                     (prompt_set, case_number)).fetchone()
+            free = row is None or row[0] == me or not owner_alive(row[0])
+            if free:
+                self._conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",
+                                   (prompt_set, case_number, me, time.time()))
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        return free
+
+    def release(self, prompt_set: str, case_number: str) -> None:
+        """Drop this process's claim of a case (done, or given up)."""
+        self._conn.execute("DELETE FROM claims WHERE prompt_set = ? AND case_number = ? AND owner = ?",
+                           (prompt_set, case_number, process_owner()))
+
     # -- reading -------------------------------------------------------------------------------------------
+
+    def done_of(self, prompt_set: str, case_number: str) -> set[int]:
+        """Image indices k of one case already stored (read now, not from a snapshot)."""
+        rows = self._conn.execute("SELECT k FROM results WHERE prompt_set = ? AND case_number = ?",
+                                  (prompt_set, str(case_number)))
+        return {int(k) for (k,) in rows}
 
     def done_keys(self, prompt_set: str | None = None) -> set[Key]:
         """Keys ``(prompt_set, case_number, k)`` already stored: a resumed run skips these images."""
@@ -212,17 +258,23 @@ class ResultStore:
 
     def rows(self, prompt_set: str | None = None) -> list[ImageResult]:
         """All stored rows (in commit order), optionally of one prompt set."""
-        sql, args = f"SELECT {', '.join(COLUMNS[:-1])} FROM results", ()
+        sql, args = f"SELECT rowid, {', '.join(COLUMNS[:-1])} FROM results", ()
         if prompt_set is not None:
             sql, args = sql + " WHERE prompt_set = ?", (prompt_set,)
-        return [_row_to_result(r) for r in self._conn.execute(sql + " ORDER BY rowid", args)]
+        db = self.run_dir / DB_NAME
+        return [_row_to_result(r[1:], f"{db}: results row {r[0]}")
+                for r in self._conn.execute(sql + " ORDER BY rowid", args)]
 
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
     def metrics(self) -> dict[str, Metric]:
         rows = self._conn.execute("SELECT name, value, n, details FROM metrics ORDER BY name")
-        return {n: Metric(n, v, c, json.loads(d)) for n, v, c, d in rows}
+        out = {}
+        for n, v, c, d in rows:
+            where = f"{self.run_dir / DB_NAME}: metric {n!r}"
+            out[n] = Metric(n, _number(v, where, "value"), c, _json_object(d, where, "details"))
+        return out
 
     def close(self) -> None:
         self._conn.close()
@@ -232,6 +284,42 @@ class ResultStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks (Linux /proc), so a reused pid is not taken for the old process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def process_owner(pid: int | None = None) -> str:
+    """``host:pid:start`` of a process (default: this one)."""
+    import socket
+
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process of a claim still runs. Another host's claim counts as alive (it cannot be checked;
+    the store needs a local filesystem anyway)."""
+    import socket
+
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return host != socket.gethostname()
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return start == "?" or _start_time(pid) == start
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -247,7 +335,38 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _row_to_result(r: tuple) -> ImageResult:
+def _damaged(where: str, what: str) -> AmsmoothError:
+    return AmsmoothError(f"{where} is damaged ({what}); the database was edited or corrupted: delete that row "
+                         "(or the run directory) and rerun the command that wrote it")
+
+
+def _json_object(text: Any, where: str, column: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        raise _damaged(where, f"{column} is not JSON") from None
+    if not isinstance(value, dict):
+        raise _damaged(where, f"{column} is not a JSON object")
+    return value
+
+
+def _number(value: Any, where: str, column: str, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _damaged(where, f"{column} is not a number: {value!r}")
+    return float(value)
+
+
+def _row_to_result(r: tuple, where: str) -> ImageResult:
+    """A stored row, checked: a row edited by hand gives one clear error instead of a traceback."""
     (prompt_set, case, k, seed, prompt, used, defense, dcfg, detector, scores, flagged, seconds, image) = r
-    return ImageResult(prompt_set, case, int(k), prompt, defense, json.loads(dcfg), seed, used, detector,
-                       json.loads(scores), None if flagged is None else bool(flagged), seconds, image)
+    if not isinstance(k, int) or not (seed is None or isinstance(seed, int)):
+        raise _damaged(where, "k or seed is not an integer")
+    if flagged not in (None, 0, 1):
+        raise _damaged(where, f"flagged is {flagged!r}, not 0, 1 or NULL")
+    if not all(isinstance(v, str) for v in (prompt_set, case, prompt, defense)):
+        raise _damaged(where, "prompt_set, case_number, prompt or defense is not text")
+    return ImageResult(prompt_set, case, k, prompt, defense, _json_object(dcfg, where, "defense_config"), seed,
+                       used, detector, _json_object(scores, where, "scores"),
+                       None if flagged is None else bool(flagged), _number(seconds, where, "seconds", True), image)
