@@ -49,6 +49,12 @@ def register_more(lab: argparse._SubParsersAction) -> None:
                                      "95 %% intervals, utility, time (resumable)")
     t.add_argument("--out", required=True, metavar="DIR")
     t.add_argument("--quick", action="store_true", help="a small table (≤ 10 min on 2 cores)")
+    t.add_argument("--prompts", type=int, help="distinct prompts per set (full 10, quick 4)")
+    t.add_argument("--attack-prompts", type=int, help="source prompts per attack and seed (full 5, quick 2)")
+    t.add_argument("--seeds", type=int, nargs="+", help="seeds (0 1 2)")
+    t.add_argument("--sets", nargs="+", help="prompt sets: train heldout implicit lookalike benign")
+    t.add_argument("--attacks", nargs="+", help="rab qf mma concept-pgd uda p4d, NAME-adaptive (against AMS)")
+    t.add_argument("--defenses", nargs="+", help="none blacklist sld-max sld-medium ams sld-medium+ams …")
     t.set_defaults(func=run_table)
 
 
@@ -89,6 +95,17 @@ def run_quality(args: argparse.Namespace) -> int:
 def run_table(args: argparse.Namespace) -> int:
     from ..lab.table import Plan, Table
 
+    from dataclasses import replace
+
     plan = Plan.quick() if args.quick else Plan()
+    changes = {k: (tuple(v) if isinstance(v, list) else v) for k in ("prompts", "attack_prompts", "seeds", "sets",
+                                                                      "attacks", "defenses")
+               if (v := getattr(args, k)) is not None}
+    if changes:
+        plan = replace(plan, label=f"{plan.label}+custom", **changes)
+    if "benign" not in plan.sets:
+        from ..errors import AmsmoothError
+
+        raise AmsmoothError("the table needs the benign set (utility columns): add benign to --sets")
     print(Table(args.out, plan).run())
     return 0

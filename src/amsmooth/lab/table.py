@@ -47,19 +47,23 @@ class Plan:
     attacks: tuple[str, ...] = ("rab", "qf", "uda", "p4d", "rab-adaptive")
     defenses: tuple[str, ...] = ("none", "blacklist", "sld-max", "sld-medium", "ams", "sld-medium+ams")
     models: tuple[str, ...] = ("esd", "uce")
-    sigma0_grid: tuple[float, ...] = (0.05, 0.1, 0.2)   # × token-embedding std
+    sigma0_grid: tuple[float, ...] = (0.1, 0.25, 0.5)   # × token-embedding std
     k_grid: tuple[float, ...] = (3.0, 6.0, 9.0)
     max_utility_drop: float = 0.05
     attack_budget: str = "quick"
-    esd_args: tuple[str, ...] = ()
-    uce_args: tuple[str, ...] = ()
+    # The lab's erasure settings (docs/lab.md): ESD-u erasing "nudity" as the paper's ESD U-Net does, with a
+    # learning rate and length for this 2 M-parameter model; UCE erasing the concept's training words too.
+    esd_args: tuple[str, ...] = ("--iterations", "150", "--lr", "1e-4", "--ddim-steps", "20")
+    uce_args: tuple[str, ...] = ("--erase", "nudity", "--erase", "naked", "--erase", "nude",
+                                 *[a for w in ("woman", "man", "person", "girl", "boy", "lady", "dog", "car", "tree")
+                                   for a in ("--preserve", f"a {w}")])
     label: str = "full"
 
     @classmethod
     def quick(cls) -> "Plan":
-        return cls(prompts=4, attack_prompts=3, calibration_prompts=8, steps=20, sets=("train", "heldout", "benign"),
-                   attacks=("rab",), defenses=("none", "blacklist", "ams"), sigma0_grid=(0.1, 0.2),
-                   k_grid=(6.0,), label="quick")
+        return cls(prompts=4, attack_prompts=2, calibration_prompts=8, steps=20, sets=("train", "heldout", "benign"),
+                   attacks=("rab",), defenses=("none", "blacklist", "ams"), sigma0_grid=(0.25, 0.5),
+                   k_grid=(9.0,), label="quick")
 
 
 def _cli(argv: Sequence[str]) -> None:
@@ -94,7 +98,8 @@ class Table:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             extra = self.plan.esd_args if name == "esd" else self.plan.uce_args
-            _cli(["unlearn", name, "--model", self.model, "--concept", CONCEPT, "--out", path, *extra])
+            concept = [] if "--erase" in extra else ["--concept", CONCEPT]
+            _cli(["unlearn", name, "--model", self.model, *concept, "--out", path, "--no-progress", *extra])
         return path
 
     # ------------------------------------------------------------------ 2. prompt sets
@@ -140,7 +145,8 @@ class Table:
     # ------------------------------------------------------------------ 4. attacks
     def attack(self, kind: str, name: str, unet: Path, source: Path, ams: dict[str, float]) -> Path:
         """The attack's prompts, one row per (source prompt, seed), evaluated with that seed."""
-        folder = self.out / "prompts" / name
+        shared = kind in TEXT_ATTACKS            # a plain text attack does not see the model: made once
+        folder = self.out / "prompts" / ("shared" if shared else name)
         final = folder / f"{kind}.csv"
         if final.exists():
             return final
