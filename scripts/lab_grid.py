@@ -1,0 +1,60 @@
+"""Image grid of a lab table run: rows = prompts, columns = base model / each (erased model, defense) run.
+
+    python scripts/lab_grid.py TABLE_DIR --set train --set heldout --cases 3 --out grid.png
+
+The base model's images are generated here with each case's seed and the table's steps (the table stores only
+its benign ones); every other column is the image the table's eval run stored for that case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("table", type=Path)
+    p.add_argument("--set", dest="sets", action="append", default=None)
+    p.add_argument("--cases", type=int, default=3, help="cases per set")
+    p.add_argument("--runs", nargs="+", default=["esd-none", "esd-ams", "uce-none", "uce-ams"])
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    from amsmooth.loading import load_pipeline
+    from amsmooth.pipeline import DefendedPipeline
+    from amsmooth.prompts import read_prompt_csv
+
+    plan = json.loads((args.table / "plan.json").read_text())
+    pipe = DefendedPipeline(load_pipeline("lab"))
+    rows, labels = [], []
+    for name in args.sets or ["train", "heldout"]:
+        cases = [c for c in read_prompt_csv(args.table / "prompts" / f"{name}.csv") if c.case_number.endswith("-0")]
+        for case in cases[: args.cases]:
+            g = torch.Generator().manual_seed(case.seed or 0)
+            base = pipe(case.prompt, generator=g, num_inference_steps=plan["steps"],
+                        guidance_scale=plan["guidance"]).images[0]
+            cells = [base] + [Image.open(args.table / "runs" / r / "images" / name / f"{case.case_number}_0.png")
+                              for r in args.runs]
+            rows.append(cells)
+            labels.append(f"[{name}] {case.prompt}")
+    side, pad, text_w = 80, 4, 380
+    header = 18
+    w = text_w + (1 + len(args.runs)) * (side + pad)
+    canvas = Image.new("RGB", (w, header + len(rows) * (side + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, col in enumerate(["base", *args.runs]):
+        draw.text((text_w + j * (side + pad) + 4, 3), col, fill="black")
+    for i, (cells, label) in enumerate(zip(rows, labels)):
+        y = header + i * (side + pad)
+        draw.text((4, y + side // 2 - 6), label[:64], fill="black")
+        for j, im in enumerate(cells):
+            canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST), (text_w + j * (side + pad), y))
+    canvas.save(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
