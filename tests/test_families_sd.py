@@ -133,9 +133,10 @@ def test_multi_vector_textual_inversion():
 
 def test_callbacks_and_from_pipe_keep_the_defense(pipe):
     dp = as_defended(pipe).defend(["nudity"], SmoothingConfig(sigma0=0.05, n=3))
-    steps = []
-    dp("a cat", generator=_g(), callback_on_step_end=lambda p, i, t, kw: (steps.append(i), kw)[1], **KW)
-    assert steps == [0, 1]
+    steps, ref = [], []
+    dp("a cat", generator=_g(), callback_on_step_end=lambda p, i, t, kw: (steps.append((i, int(t))), kw)[1], **KW)
+    pipe("a cat", generator=_g(), callback_on_step_end=lambda p, i, t, kw: (ref.append((i, int(t))), kw)[1], **KW)
+    assert steps == ref and len(steps) >= 2
     img = DefendedStableDiffusionImg2ImgPipeline.from_pipe(dp)
     assert img.defense is dp.defense
     from diffusers import StableDiffusionImg2ImgPipeline

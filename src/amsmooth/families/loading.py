@@ -147,3 +147,51 @@ def _convert_original(transformer: torch.nn.Module, state: dict, path: str) -> d
     except (KeyError, IndexError, ValueError, RuntimeError) as e:
         raise AmsmoothError(f"{path}: not a diffusers-layout {name} state dict, and diffusers' converter for the "
                             f"original layout failed ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def load_family_views(source: str, family: str | None = None, local_files_only: bool | None = None) -> list:
+    """The text encoders of an SDXL/SD3/Flux source as :class:`EncoderView` objects, without loading the
+    denoiser or the VAE (a tiny name builds only its text models)."""
+    from ..loading import _offline
+    from .registry import family_slots
+    from .views import EncoderView
+
+    family = family or family_of_source(source, _offline(local_files_only))
+    if family is None:
+        raise AmsmoothError(f"{source} is not an SDXL, SD3 or Flux pipeline (nor tiny-sdxl, tiny-sd3, tiny-flux)")
+    slots = family_slots(family)
+    if source in TINY_FAMILIES:
+        from .tiny import tiny_text_parts
+
+        parts = tiny_text_parts(family)
+    else:
+        parts = _pretrained_text_parts(source, slots, _offline(local_files_only))
+    return [EncoderView(parts[s.model], parts[s.tokenizer], s) for s in slots if parts.get(s.model) is not None]
+
+
+def _pretrained_text_parts(source: str, slots: tuple, offline: bool) -> dict:
+    import transformers
+
+    from ..loading import _fetch_error
+
+    index = json.loads(Path(_index_file(source, offline)).read_text())
+    parts = {}
+    try:
+        for s in slots:
+            for attr in (s.model, s.tokenizer):
+                lib, name = (index.get(attr) or [None, None])[:2]
+                if name is None:
+                    continue
+                parts[attr] = getattr(transformers, name).from_pretrained(source, subfolder=attr,
+                                                                          local_files_only=offline)
+    except (OSError, ValueError) as e:
+        raise _fetch_error("text encoders", source, offline, e) from None
+    return parts
+
+
+def _index_file(source: str, offline: bool) -> str:
+    if (Path(source) / "model_index.json").is_file():
+        return str(Path(source) / "model_index.json")
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(source, "model_index.json", local_files_only=offline)

@@ -85,3 +85,13 @@ def undefended(pipe: Any) -> Any:
     if family_of(pipe) in (None, "sd"):
         return DefendedPipeline(pipe)
     return pipe.undefend() if isinstance(pipe, DefendedMixin) else as_defended(pipe)
+
+
+def family_slots(family: str) -> tuple:
+    """The text-encoder slots of ``sd``, ``sdxl``, ``sd3`` or ``flux``."""
+    from .flux import FLUX_SLOTS
+    from .sd import SD_SLOTS
+    from .sd3 import SD3_SLOTS
+    from .sdxl import SDXL_SLOTS
+
+    return {"sd": SD_SLOTS, "sdxl": SDXL_SLOTS, "sd3": SD3_SLOTS, "flux": FLUX_SLOTS}[family]

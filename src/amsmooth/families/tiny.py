@@ -87,6 +87,11 @@ def tiny_family_components(family: str, seed: int = SEED) -> dict[str, Any]:
     return parts
 
 
+def tiny_text_parts(family: str, seed: int = SEED) -> dict[str, Any]:
+    """Only the text encoders and tokenizers of a tiny family (the same weights as in its pipeline)."""
+    return {k: v for k, v in tiny_family_components(family, seed).items() if k.startswith(("text_", "tokenizer"))}
+
+
 def tiny_family_pipeline(name: str, kind: str = "txt2img", seed: int = SEED):  # noqa: ANN201 - a diffusers pipeline
     """The undefended tiny pipeline ``tiny-sdxl`` / ``tiny-sd3`` / ``tiny-flux`` (kind: txt2img, img2img,
     inpaint), 64 px by default."""
