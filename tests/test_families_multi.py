@@ -59,7 +59,9 @@ def test_noisy_path_is_the_pipelines_own_encoding(pipes, name):
     base = super(type(dp).__mro__[2], dp).encode_prompt
     import inspect
 
-    a = inspect.signature(base).bind(prompt=[PROMPT, "a cat"])
+    params = inspect.signature(base).parameters
+    a = inspect.signature(base).bind(prompt=[PROMPT, "a cat"],
+                                     **{k: None for k in ("prompt_2", "prompt_3") if k in params})
     a.apply_defaults()
     a = dict(a.arguments)
     if "do_classifier_free_guidance" in a:
