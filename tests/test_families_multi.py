@@ -2,6 +2,8 @@
 exactly through every output path; noise reaches every encoder; per-encoder scores combine by word."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -102,8 +104,10 @@ def test_combination_rule_by_word(pipes):
     t5.sim_own[0, nude_t5[0]] = 0.7        # only T5 flags "nude" (on one of its tokens)
     clip_g.sim_own[0, (clip_g.word[0] == 3).nonzero().flatten()] = 0.2    # clip-g flags "unclothed" mildly
     dp.defense._combine(plan)
-    for s in (clip_l, clip_g, t5):
+    for s in (clip_l, clip_g):           # the other encoders: every token of the word takes T5's best
         assert torch.allclose(s.sim[0][s.word[0] == 1], torch.tensor(0.7))
+    assert torch.equal(t5.sim[0][t5.word[0] == 1], t5.sim_own[0][t5.word[0] == 1])   # T5 keeps its own scores
+    for s in (clip_l, clip_g, t5):
         assert torch.allclose(s.sim[0][s.word[0] == 0], torch.tensor(0.0))
         assert torch.allclose(s.sim[0][s.word[0] == 3], torch.tensor(0.2))
 
@@ -135,18 +139,21 @@ def test_flux_true_cfg_negative_stays_plain(pipes):
     assert np.array_equal(zero(PROMPT, generator=_g(), **kw).images, p(PROMPT, generator=_g(), **kw).images)
     noisy = defend_pipeline(p, ["nudity"], SmoothingConfig(sigma0=0.05, n=3))
     calls = []
-    orig = type(noisy).__mro__[2].encode_prompt
+    diffusers_cls = next(c for c in type(noisy).__mro__ if c.__module__.startswith("diffusers"))
+    orig = diffusers_cls.encode_prompt
 
+    @functools.wraps(orig)           # keeps the signature the defended encode_prompt binds against
     def spy(self, *a, **k):
         calls.append(k.get("prompt"))
         return orig(self, *a, **k)
 
-    type(noisy).__mro__[2].encode_prompt = spy
+    diffusers_cls.encode_prompt = spy
     try:
         noisy(PROMPT, generator=_g(), **kw)
     finally:
-        type(noisy).__mro__[2].encode_prompt = orig
-    assert calls[-1] == "blurry" and calls[0] == [PROMPT] * 3    # noisy copies first, the negative plain last
+        diffusers_cls.encode_prompt = orig
+    # the n noisy copies, the medians handed back with the prompt, then the negative, plain
+    assert calls == [[PROMPT] * 3, PROMPT, "blurry"]
 
 
 def test_t5_relevance_passes_skip_padding(pipes):
