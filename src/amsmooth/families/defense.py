@@ -19,7 +19,7 @@ from ..config import SmoothingConfig
 from ..encoders import TokenizedBatch
 from ..errors import AmsmoothError
 from ..relevance import noise_schedule
-from ..smoothing import AdaptiveMedianSmoothing, Relevance, gaussian_noise
+from ..smoothing import AdaptiveMedianSmoothing, Generators, Relevance, prompt_noise
 from .align import token_words, word_positions, word_spans
 from .bundle import resolve_bundle
 from .views import EncoderView
@@ -149,15 +149,16 @@ class FamilyDefense:
         return noise_schedule(s.sim[:, :length], cfg.sigma0, cfg.k, mask, cfg.noise_special_tokens)
 
     # ------------------------------------------------------------------ noise
-    def noise(self, plan: Plan, n: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    def noise(self, plan: Plan, n: int, generator: Generators) -> list[torch.Tensor]:
         """Per encoder, in order, G ~ N(0, diag σ²) on its token embeddings: ``[n·B, L, D]`` float32 (row i·B + b
-        is sample i of prompt b), each encoder's draw in turn from ``generator``."""
+        is sample i of prompt b), each encoder's draw in turn from ``generator`` — per prompt, as in
+        :func:`amsmooth.smoothing.prompt_noise`, so a prompt's noise does not depend on its batch."""
         out = []
         for s in plan.slots:
             B, L = s.sigma.shape
             D = s.view.hidden_size
-            dev = generator.device if generator is not None else torch.device("cpu")
-            g = gaussian_noise((n, B, L, D), generator) * s.sigma.to(dev, torch.float32)[None, :, :, None]
+            z = prompt_noise(n, B, L, D, generator)
+            g = z * s.sigma.to(z.device, torch.float32)[None, :, :, None]
             out.append(g.reshape(n * B, L, D))
         return out
 
