@@ -1,6 +1,7 @@
 """Which defended class belongs to a loaded diffusers pipeline, and building it from that pipeline's modules."""
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Sequence
 
@@ -60,7 +61,10 @@ def as_defended(pipe: Any, cls: type | None = None) -> Any:
     sample_size = unet.config.sample_size if unet is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        new = cls.from_pipe(pipe)
+        # every module passed explicitly: from_pipe drops a model whose class differs from the type hint (the
+        # lab's identity PixelVAE is not an AutoencoderKL)
+        accepted = inspect.signature(cls.__init__).parameters
+        new = cls.from_pipe(pipe, **{k: v for k, v in pipe.components.items() if k in accepted})
     if unet is not None:
         unet.register_to_config(sample_size=sample_size)
     if hasattr(pipe, "default_sample_size"):   # set by __init__ (Flux: a constant), possibly changed since
