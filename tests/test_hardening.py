@@ -120,7 +120,7 @@ def test_attack_cli_refuses_a_foreign_out_file_unchanged(tmp_path, capsys):
     prompts, out = tmp_path / "p.txt", tmp_path / "existing.csv"
     prompts.write_text("a cat\n")
     out.write_bytes(b"one line")
-    assert main(["attack", "qf-pgd", "--encoder", "tiny", "--prompts", str(prompts), "--iterations", "1",
+    assert main(["attack", "concept-pgd", "--encoder", "tiny", "--prompts", str(prompts), "--iterations", "1",
                  "--no-progress", "--out", str(out)]) == 2
     assert "not written by" in one_line_error(capsys) and out.read_bytes() == b"one line"
 
@@ -272,8 +272,8 @@ def test_defended_pipeline_refuses_clip_skip_instead_of_ignoring_it():
     from amsmooth.pipeline import DefendedPipeline
     from amsmooth.tiny import tiny_pipeline
 
-    dp = DefendedPipeline.from_pipeline(tiny_pipeline(), ["nudity"])
-    with pytest.raises(AmsmoothError, match="clip_skip is not supported"):
+    dp = DefendedPipeline(tiny_pipeline())   # the wrapper (from_pipeline now gives the diffusers-class defense,
+    with pytest.raises(AmsmoothError, match="clip_skip is not supported"):   # which passes clip_skip on)
         dp("a cat", clip_skip=1, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
 
 

@@ -1,5 +1,5 @@
 """A smoke run of the lab's Table 1: every step (erasure, calibration, an attack, eval runs, the report) on a
-plan of one prompt and one seed."""
+plan of two prompts and one seed (FID needs two images)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +25,7 @@ def test_bootstrap_interval_covers_the_rate_and_widens_with_disagreement() -> No
 def test_lab_table_smoke(tmp_path) -> None:  # noqa: ANN001
     from amsmooth.lab.table import Plan, Table
 
-    plan = Plan(prompts=1, attack_prompts=1, calibration_prompts=2, seeds=(0,), steps=3,
+    plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, seeds=(0,), steps=3,
                 sets=("train", "benign"), attacks=("rab",), defenses=("none", "ams"), models=("uce",),
                 sigma0_grid=(0.1,), k_grid=(3.0,), label="smoke")
     md = Table(tmp_path, plan).run()

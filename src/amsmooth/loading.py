@@ -60,14 +60,24 @@ def _offline(local_files_only: bool | None) -> bool:
 
 def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | None = None,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                  img2img: bool = False, local_files_only: bool | None = None):  # noqa: ANN201 - a pipeline
+                  img2img: bool = False, local_files_only: bool | None = None,
+                  transformer: str | None = None):  # noqa: ANN201 - a pipeline
     """A Stable Diffusion (1.x/2.x) text-to-image or img2img pipeline, optionally with unlearned weights.
 
     model: Hugging Face id, local diffusers folder, "tiny" (random, for tests) or "lab" (the lab model trained
     by this package on its synthetic world, shipped as package data). unet / text_encoder: replacements (see module
     docstring). No safety checker (the defense is evaluated on raw outputs); the progress bar is disabled.
+    SDXL, SD3 and Flux models (and "tiny-sdxl", "tiny-sd3", "tiny-flux") are loaded by
+    :mod:`amsmooth.families.loading` (``transformer``: an SD3/Flux replacement).
     """
     dev = resolve_device(device) if isinstance(device, str) else device
+    from .families.loading import family_of_source, load_family_pipeline
+
+    family = family_of_source(model, _offline(local_files_only))
+    if family is not None or transformer:
+        return load_family_pipeline(model, family or "", unet=unet, transformer=transformer,
+                                    text_encoder=text_encoder, device=dev, dtype=dtype,
+                                    kind="img2img" if img2img else "txt2img", local_files_only=local_files_only)
     pipe = _base_pipeline(model, dtype, local_files_only, img2img, replaced_unet=bool(unet))
     if unet:
         load_unet_weights(pipe.unet, unet, local_files_only=local_files_only)

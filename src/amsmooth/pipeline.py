@@ -100,12 +100,15 @@ def unet_median_smoothing(unet: torch.nn.Module, conds: torch.Tensor, max_batch:
             return UNet2DConditionOutput(sample=cond_pred)
         return (cond_pred,)
 
+    patched = "forward" in vars(unet)   # an accelerate hook (offload) keeps its own forward on the instance
     unet.forward = forward
     try:
         yield
     finally:
-        del unet.forward
-        assert unet.forward == original
+        if patched:
+            unet.forward = original
+        else:
+            del unet.forward
 
 
 class DefendedPipeline:
@@ -127,7 +130,14 @@ class DefendedPipeline:
     @classmethod
     def from_pipeline(cls, pipe: Any, concepts: Sequence[str | Concept] = ("nudity",),
                       config: SmoothingConfig | None = None, stage: str = "text") -> "DefendedPipeline":
-        """Defend ``pipe`` against ``concepts`` (built-in names, .safetensors paths or Concept objects)."""
+        """Defend ``pipe`` against ``concepts`` (built-in names, .safetensors paths or Concept objects).
+
+        A diffusers SD 1.x/2.x, SDXL, SD3 or Flux pipeline gets its family's defended class (a real diffusers
+        pipeline, :mod:`amsmooth.families`); anything else (e.g. SLD) this wrapper."""
+        from .families import defend_pipeline, defended_class
+
+        if defended_class(pipe) is not None:
+            return defend_pipeline(pipe, concepts, config, stage)
         enc = TextEncoder(pipe.text_encoder, pipe.tokenizer, name=type(pipe.text_encoder).__name__)
         resolved = [c if isinstance(c, Concept) else resolve_concept(c, enc) for c in concepts]
         return cls(pipe, AdaptiveMedianSmoothing(enc, resolved, config), stage)

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unet-repeat", type=int, help="U-Net timing repeats (median)")
     p.add_argument("--n", type=int, default=13)
     p.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
+    p.add_argument("--family", choices=["sd", "sdxl", "sd3", "flux"], default="sd",
+                   help="sd: SD-1.5 (Table 2, default); sdxl (1024 px, 50 steps), sd3 (SD3-medium, 1024 px, 28 "
+                        "steps), flux (Flux-dev, 1024 px, 28 steps): components at real width, depth extrapolated")
     p.add_argument("--profile", action="store_true", help="only profile the AMS text stage (torch.profiler "
                                                           "table of the top ops) instead of the benchmark")
     p.set_defaults(func=run)
@@ -41,6 +44,14 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or (args.e2e_steps is not None and args.e2e_steps < 1):
         raise AmsmoothError("steps must be >= 1")
     quiet_libraries()
+    if args.family != "sd":
+        from ..families.bench import format_family_report, run_family_benchmark
+
+        rep = run_family_benchmark(args.family, args.quick, args.n, log=lambda m: print(m, file=sys.stderr))
+        print(format_family_report(rep))
+        if args.json:
+            Path(args.json).write_text(json.dumps(dataclasses.asdict(rep), indent=2))
+        return 0
     if args.profile:
         from ..bench import profile_text_stage, sd15_text_encoder
 

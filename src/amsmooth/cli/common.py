@@ -35,7 +35,10 @@ def quiet_libraries() -> None:
 def add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--encoder", required=required, metavar="SRC",
                    help="text encoder: Hugging Face id, diffusers pipeline folder, model folder, 'minilm' (the offline "
-                        "pretrained MiniLM), 'lab' (MiniLM at 32 tokens, the lab model's) or 'tiny' (random tiny CLIP)")
+                        "pretrained MiniLM), 'lab' (MiniLM at 32 tokens, the lab model's), 'tiny' (random tiny CLIP), "
+                        "or an SDXL/SD3/Flux pipeline "
+                        "(tiny-sdxl, tiny-sd3, tiny-flux, or a folder): relevance scores all its encoders, other "
+                        "commands take one, SRC:NAME (e.g. tiny-sd3:t5; default the first)")
     p.add_argument("--max-length", type=int, default=None, help="sequence length for non-CLIP encoders (77)")
 
 
@@ -87,9 +90,30 @@ def load_encoder(source: str, max_length: int | None = None, device: str | None 
         from ..lab.model import lab_text_encoder
 
         return lab_text_encoder()
+    if is_family(source.split(":")[0]):
+        return family_encoder(source)
     if source == "minilm" and not os.path.exists(source):
         source = minilm_folder()
     return TextEncoder.from_pretrained(source, max_length=max_length, device=device)
+
+
+def is_family(source: str) -> bool:
+    """A multi-encoder source: tiny-sdxl / tiny-sd3 / tiny-flux, or an SDXL/SD3/Flux diffusers folder."""
+    from ..families.loading import family_of_source
+
+    return family_of_source(source, local_files_only=True) is not None
+
+
+def family_encoder(source: str):  # noqa: ANN201 - amsmooth.families.views.EncoderView
+    """One encoder of a multi-encoder family, ``SRC[:NAME]`` (default the first, e.g. ``tiny-sdxl:clip-g``)."""
+    from ..families.loading import load_family_views
+
+    base, _, name = source.partition(":")
+    views = load_family_views(base)
+    names = [v.slot.name for v in views]
+    if name and name not in names:
+        raise AmsmoothError(f"{base} has no encoder {name!r}; it has: {', '.join(names)}")
+    return views[names.index(name) if name else 0]
 
 
 def minilm_folder() -> str:

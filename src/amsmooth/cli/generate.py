@@ -19,10 +19,13 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
     """--model (required unless ``default_model``), --unet, --text-encoder, --device, --dtype."""
     p.add_argument("--model", required=default_model is None, default=default_model, metavar="SRC",
-                   help="Stable Diffusion pipeline: Hugging Face id, local diffusers folder, 'lab' (the small "
-                        "model trained here on a synthetic world) or 'tiny' (random, for smoke runs: its images are "
-                        "noise)" + (f"; default {default_model}" if default_model else ""))
+                   help="SD 1.x/2.x, SDXL, SD3 or Flux pipeline: Hugging Face id, local diffusers folder, "
+                        "single-file .safetensors (SDXL/SD3/Flux), 'lab' (the small model trained here on a synthetic "
+                        "world), or 'tiny', 'tiny-sdxl', 'tiny-sd3', 'tiny-flux' (random, for smoke runs: their "
+                        "images are noise)" + (f"; default {default_model}" if default_model else ""))
     p.add_argument("--unet", metavar="PATH", help="unlearned U-Net: diffusers folder, .safetensors, .pt/.ckpt")
+    p.add_argument("--transformer", metavar="PATH", help="unlearned SD3/Flux transformer: diffusers folder or "
+                                                          ".safetensors state dict")
     p.add_argument("--text-encoder", metavar="PATH", help="replacement text encoder (folder or state dict)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 …")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 on CUDA, float32 on CPU")
@@ -83,16 +86,18 @@ def load_model(args: argparse.Namespace, device: torch.device | None = None,
     quiet_libraries()
     device = device or resolve_device(args.device)
     return load_pipeline(args.model, unet=args.unet, text_encoder=args.text_encoder, device=device,
-                         dtype=resolve_dtype(args, device), img2img=img2img)
+                         dtype=resolve_dtype(args, device), img2img=img2img,
+                         transformer=getattr(args, "transformer", None))
 
 
 def build_defended(args: argparse.Namespace, img2img: bool = False):  # noqa: ANN201 - DefendedPipeline
     """Load the pipeline (+ U-Net / text-encoder replacements) and wrap it with the chosen defense."""
+    from ..families import undefended
     from ..pipeline import DefendedPipeline
 
     pipe = load_model(args, img2img=img2img)
     if args.defense == "none":
-        return DefendedPipeline(pipe), None
+        return undefended(pipe), None
     config = smoothing_config(args)
     return DefendedPipeline.from_pipeline(pipe, config.concepts, config, stage=args.smoothing_stage), config
 
@@ -115,6 +120,9 @@ def sidecar(case: PromptCase, k: int, seed: int, guidance: float, args: argparse
             "config": config.to_dict() if config else None,
             "tokens": [{"token": t["token"], "word": t["word"], "sim": t["sim"], "sigma": t["sigma"]}
                        for t in rel.get("tokens", [])],
+            **({"encoders": {name: [{k: t[k] for k in ("token", "word", "sim_own", "sim", "sigma")} for t in rows]
+                             for name, rows in rel["encoders"].items()}}
+               if len(rel.get("encoders", {})) > 1 else {}),
             "timings": timings}
 
 

@@ -8,8 +8,8 @@ import sys
 import warnings
 
 from ..smoothing import AdaptiveMedianSmoothing
-from .common import (add_concept_args, add_encoder_args, add_smoothing_args, collect_prompts, load_concepts,
-                     load_encoder, smoothing_config)
+from .common import (add_concept_args, add_encoder_args, add_smoothing_args, collect_prompts, is_family,
+                     load_concepts, load_encoder, smoothing_config)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +50,10 @@ def format_table(result: dict, sigma0: float, color: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     cases = collect_prompts(args.prompts, args.prompts_file)
     config = smoothing_config(args)
+    if is_family(args.encoder):
+        from .family_relevance import run_family
+
+        return run_family(args, cases, config)
     enc = load_encoder(args.encoder, args.max_length)
     ams = AdaptiveMedianSmoothing(enc, load_concepts(config.concepts, enc), config)
     with warnings.catch_warnings(record=True) as caught:

@@ -21,6 +21,7 @@ from ..baselines.posi import POSI_INSTRUCTION, POSI_TEMPLATE, CausalLMRewriter
 from ..baselines.sld import SLD_PRESETS, SLDPipeline, sld_preset
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
+from ..families import undefended
 from ..pipeline import STAGES, DefendedPipeline
 
 DEFENSES = ("none", "ams", "blacklist", "posi", *SLD_PRESETS)
@@ -100,7 +101,7 @@ class DefenseSpec:
         """The runnable defense on a loaded SD pipeline (SLD shares its modules)."""
         settings, rewriter = self.settings(), self.rewriter(device)
         target = SLDPipeline.from_pipeline(pipe, self.base) if self.base in SLD_PRESETS else pipe
-        defended = (DefendedPipeline(target) if self.ams is None else
+        defended = (undefended(target) if self.ams is None else
                     DefendedPipeline.from_pipeline(target, self.ams.concepts, self.ams, self.stage))
         return Defense(self, defended, settings, rewriter)
 

@@ -1,0 +1,101 @@
+"""Which defended class belongs to a loaded diffusers pipeline, and building it from that pipeline's modules."""
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, Sequence
+
+from ..concepts import Concept
+from ..config import SmoothingConfig
+from .mixin import DefendedMixin
+
+
+def _registry() -> dict[type, tuple[str, type]]:
+    """diffusers class → (family, defended class)."""
+    from . import sd
+
+    table = {sd.StableDiffusionPipeline: ("sd", sd.DefendedStableDiffusionPipeline),
+             sd.StableDiffusionImg2ImgPipeline: ("sd", sd.DefendedStableDiffusionImg2ImgPipeline),
+             sd.StableDiffusionInpaintPipeline: ("sd", sd.DefendedStableDiffusionInpaintPipeline)}
+    for name in ("sdxl", "sd3", "flux"):
+        try:
+            module = __import__(f"{__package__}.{name}", fromlist=["CLASSES"])
+        except ImportError:  # pragma: no cover - a diffusers without that family
+            continue
+        table.update({base: (name, cls) for base, cls in module.CLASSES.items()})
+    return table
+
+
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
+
+
+def _lookup(pipe: Any) -> tuple[str, type] | None:
+    table = _registry()
+    for klass in type(pipe).__mro__:
+        if klass in table:
+            return table[klass]
+        if isinstance(klass, type) and issubclass(klass, DefendedMixin) and klass is not DefendedMixin:
+            for base, entry in table.items():
+                if entry[1] is klass:
+                    return entry
+    return None
+
+
+def defended_class(pipe: Any) -> type | None:
+    """The defended class for ``pipe``'s diffusers class (exact class or a subclass), else None."""
+    found = _lookup(pipe)
+    return None if found is None else found[1]
+
+
+def family_of(pipe: Any) -> str | None:
+    """``sd``, ``sdxl``, ``sd3``, ``flux`` or None."""
+    found = _lookup(pipe)
+    return None if found is None else found[0]
+
+
+def as_defended(pipe: Any, cls: type | None = None) -> Any:
+    """``cls.from_pipe(pipe)`` sharing every module, keeping the U-Net's ``sample_size`` (diffusers raises
+    a value below 64 in SD constructors, on the shared config)."""
+    cls = cls or defended_class(pipe)
+    unet = getattr(pipe, "unet", None)
+    sample_size = unet.config.sample_size if unet is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        # every module passed explicitly: from_pipe drops a model whose class differs from the type hint (the
+        # lab's identity PixelVAE is not an AutoencoderKL)
+        accepted = inspect.signature(cls.__init__).parameters
+        new = cls.from_pipe(pipe, **{k: v for k, v in pipe.components.items() if k in accepted})
+    if unet is not None:
+        unet.register_to_config(sample_size=sample_size)
+    if hasattr(pipe, "default_sample_size"):   # set by __init__ (Flux: a constant), possibly changed since
+        new.default_sample_size = pipe.default_sample_size
+    new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return new
+
+
+def defend_pipeline(pipe: Any, concepts: Sequence[str | Concept] = ("nudity",),
+                    config: SmoothingConfig | None = None, stage: str = "text") -> Any:
+    """The defended pipeline of ``pipe``'s family, sharing its modules, defended against ``concepts``."""
+    target = pipe if isinstance(pipe, DefendedMixin) else as_defended(pipe)
+    return target.defend(concepts, config, stage)
+
+
+def undefended(pipe: Any) -> Any:
+    """The ``--defense none`` baseline through the same code: SD 1.x/2.x (and SLD) keep
+    :class:`amsmooth.pipeline.DefendedPipeline` without smoothing; SDXL/SD3/Flux get their family class without a
+    defense (it still reports ``timings``)."""
+    from ..pipeline import DefendedPipeline
+
+    if family_of(pipe) in (None, "sd"):
+        return DefendedPipeline(pipe)
+    return pipe.undefend() if isinstance(pipe, DefendedMixin) else as_defended(pipe)
+
+
+def family_slots(family: str) -> tuple:
+    """The text-encoder slots of ``sd``, ``sdxl``, ``sd3`` or ``flux``."""
+    from .flux import FLUX_SLOTS
+    from .sd import SD_SLOTS
+    from .sd3 import SD3_SLOTS
+    from .sdxl import SDXL_SLOTS
+
+    return {"sd": SD_SLOTS, "sdxl": SDXL_SLOTS, "sd3": SD3_SLOTS, "flux": FLUX_SLOTS}[family]
