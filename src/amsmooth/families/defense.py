@@ -146,7 +146,8 @@ class FamilyDefense:
         mask = torch.zeros(len(s.texts), length, dtype=torch.bool)
         for b, ids in enumerate(s.batch.content_ids):
             mask[b, v.content_start:v.content_start + min(len(ids), keep)] = True
-        return noise_schedule(s.sim[:, :length], cfg.sigma0, cfg.k, mask, cfg.noise_special_tokens)
+        sigma0 = self.ams[v.slot.name].sigma0   # in the encoder's own units (config.sigma_unit)
+        return noise_schedule(s.sim[:, :length], sigma0, cfg.k, mask, cfg.noise_special_tokens)
 
     # ------------------------------------------------------------------ noise
     def noise(self, plan: Plan, n: int, generator: Generators) -> list[torch.Tensor]:
