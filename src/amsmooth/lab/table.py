@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -187,7 +186,7 @@ class Table:
     def run(self) -> str:
         prompts = self.prompts()
         table_sets = [prompts[k] for k in self.plan.sets]
-        self._eval("base-none", None, "none", [], [prompts["benign"]]) if "benign" in prompts else None
+        self._eval("base-none", None, "none", [], [prompts["benign"]])   # the FID reference (benign is required)
         results: dict[tuple[str, str], Path] = {}
         for name in self.plan.models:
             unet = self.erased(name)
@@ -261,6 +260,3 @@ def benign_accuracy(run: Path, set_name: str, csv_path: Path) -> float:
         raise AmsmoothError(f"{run} has no images of {set_name}")
     return float(np.mean(checks))
 
-
-def clean(out: Path) -> None:
-    shutil.rmtree(out)
