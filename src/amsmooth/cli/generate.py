@@ -33,7 +33,7 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed when the prompt file gives none (default 0)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, help="denoising steps (default 50; 25 with --model lab)")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--height", type=int, help="pixels, divisible by 8 (default: the model's)")
     p.add_argument("--width", type=int, help="pixels, divisible by 8 (default: the model's)")
@@ -61,7 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def validate_generation(args: argparse.Namespace) -> None:
-    """Reject bad numbers before anything is loaded or written."""
+    """Reject bad numbers before anything is loaded or written (and fill in the model's default steps)."""
+    if args.steps is None:
+        from ..lab.model import LAB_STEPS
+
+        args.steps = LAB_STEPS if getattr(args, "model", None) == "lab" else 50
     if args.steps < 1:
         raise AmsmoothError(f"--steps must be >= 1, got {args.steps}")
     for name in ("height", "width"):

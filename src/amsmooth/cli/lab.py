@@ -40,7 +40,7 @@ def register_more(lab: argparse._SubParsersAction) -> None:
     q.add_argument("--unet", metavar="PATH", help="a lab U-Net (folder or .safetensors; default: the shipped one)")
     q.add_argument("--prompts", type=int, default=30, help="distinct prompts per set (default 30)")
     q.add_argument("--seeds", type=int, nargs="+", default=[0])
-    q.add_argument("--steps", type=int, default=50)
+    q.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25, the lab's default)")
     q.add_argument("--guidance", type=float, default=7.5)
     q.add_argument("--concept", choices=["nudity", "violence"], action="append")
     q.add_argument("--out", metavar="DIR", help="write quality.json and one grid PNG per set here")

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from . import detect as D
+from .model import LAB_STEPS as STEPS
 from .prompts import LabCase
 
-STEPS = 50
 GUIDANCE = 7.5
 
 
