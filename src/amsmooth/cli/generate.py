@@ -160,7 +160,8 @@ def batches(cases: Sequence[PromptCase], gen: Any, size: int) -> list[list[Promp
 def generate_batch(dp: Any, group: Sequence[PromptCase], gen: Any, args: argparse.Namespace, init: Any,
                    bar: Any) -> Any:
     """One pipeline call for ``group``: image k of case b from a generator seeded with case b's seed (one case:
-    one generator for its K images, as without batching; the U-Net's small GEMMs per prompt). Returns the defended output (B·K images)."""
+    one generator for its K images, as without batching; the U-Net's small GEMMs per prompt). Returns the
+    defended output (B·K images)."""
     K, seeds = args.images_per_prompt, [gen.seed_of(c) for c in group]
     if len(group) == 1:
         generator: Any = torch.Generator().manual_seed(seeds[0])
