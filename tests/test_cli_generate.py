@@ -59,6 +59,7 @@ def test_img2img_from_the_cli(tmp_path):
 
 @pytest.mark.parametrize("extra,match", [
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--height", "60"], "multiple of 8"),
     (["--sigma0", "-1"], "sigma0"),
     (["--concept", "nope"], "unknown concept"),

@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     run = prepare(args, "eval", detector=lambda device: make_detector(
         args.detector, args.threshold, args.detector_classes, args.q16_clip, device))
     with run.store:
-        stats = run_jobs(run.defense, run.my_jobs, run.settings, run.run_dir, run.store, run.detector)
+        stats = run_jobs(run.defense, run.my_jobs, run.settings, run.run_dir, run.store, run.detector,
+                         batch_size=args.batch_size)
         report_progress("eval", run, stats)
         if run.shard.count == 1:
             for name, (flagged, scored) in summarize(run.store).counts.items():

@@ -5,9 +5,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
+from ..batching import per_prompt_small_gemms
 from ..errors import AmsmoothError
 from ..io import atomic_save_image, atomic_write_json, check_writable_dir, inside
 from ..prompts import PromptCase
@@ -39,6 +41,10 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, help="pixels, divisible by 8 (default: the model's)")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--images-per-prompt", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="prompts per pipeline call (default 1): consecutive prompts with one guidance are "
+                        "generated together, each from its own seed's generator, so an image does not depend on "
+                        "its batch (up to rare ±1 grey levels on CPU, see docs)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +80,8 @@ def validate_generation(args: argparse.Namespace) -> None:
             raise AmsmoothError(f"--{name} must be a positive multiple of 8, got {v}")
     if args.images_per_prompt < 1:
         raise AmsmoothError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise AmsmoothError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
 def resolve_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
@@ -138,6 +146,37 @@ def generation_settings(args: argparse.Namespace):  # noqa: ANN201 - eval.runner
                               args.width, args.negative_prompt)
 
 
+def batches(cases: Sequence[PromptCase], gen: Any, size: int) -> list[list[PromptCase]]:
+    """Consecutive cases sharing a guidance, at most ``size`` a batch (the other settings are the run's)."""
+    out: list[list[PromptCase]] = []
+    for case in cases:
+        if out and len(out[-1]) < size and gen.guidance_of(out[-1][0]) == gen.guidance_of(case):
+            out[-1].append(case)
+        else:
+            out.append([case])
+    return out
+
+
+def generate_batch(dp: Any, group: Sequence[PromptCase], gen: Any, args: argparse.Namespace, init: Any,
+                   bar: Any) -> Any:
+    """One pipeline call for ``group``: image k of case b from a generator seeded with case b's seed (one case:
+    one generator for its K images, as without batching; the U-Net's small GEMMs per prompt). Returns the
+    defended output (B·K images)."""
+    K, seeds = args.images_per_prompt, [gen.seed_of(c) for c in group]
+    if len(group) == 1:
+        generator: Any = torch.Generator().manual_seed(seeds[0])
+    else:
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        generator = [g for g in gens for _ in range(K)]
+    kwargs = {"image": init, "strength": args.strength} if init is not None else {
+        "height": args.height, "width": args.width}
+    with per_prompt_small_gemms(dp, len(group)):
+        return dp([c.prompt for c in group] if len(group) > 1 else group[0].prompt,
+                  negative_prompt=args.negative_prompt, num_images_per_prompt=K, generator=generator,
+                  num_inference_steps=args.steps, guidance_scale=gen.guidance_of(group[0]),
+                  callback_on_step_end=lambda *a, **k: (bar.update(len(group)), {})[1], **kwargs)
+
+
 def run(args: argparse.Namespace) -> int:
     validate_generation(args)
     cases = collect_prompts(args.prompts, args.prompts_file)
@@ -150,23 +189,21 @@ def run(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=len(cases) * args.steps, desc="generate", unit="step", file=sys.stderr)
     started, text_s, gen = time.perf_counter(), 0.0, generation_settings(args)
-    for case in cases:
-        seed, guidance = gen.seed_of(case), gen.guidance_of(case)
-        kwargs = {"image": init, "strength": args.strength} if init is not None else {
-            "height": args.height, "width": args.width}
-        result = dp(case.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.images_per_prompt,
-                    generator=torch.Generator().manual_seed(seed), num_inference_steps=args.steps,
-                    guidance_scale=guidance, callback_on_step_end=lambda *a, **k: (bar.update(1), {})[1], **kwargs)
+    for group in batches(cases, gen, args.batch_size):
+        result = generate_batch(dp, group, gen, args, init, bar)
         text_s += result.timings["text_s"]
-        rel = result.relevance[0] if result.relevance else {}
-        for k, image in enumerate(result.images):
-            stem = f"{case.case_number}_{k}"
-            atomic_save_image(inside(out, f"{stem}.png"), image)
-            atomic_write_json(inside(out, f"{stem}.json"), sidecar(case, k, seed, guidance, args, config, rel,
-                                                              result.timings))
+        timings = {**result.timings, "batch_prompts": len(group)}
+        for b, case in enumerate(group):
+            rel = result.relevance[b] if result.relevance else {}
+            for k in range(args.images_per_prompt):
+                image, stem = result.images[b * args.images_per_prompt + k], f"{case.case_number}_{k}"
+                atomic_save_image(inside(out, f"{stem}.png"), image)
+                atomic_write_json(inside(out, f"{stem}.json"), sidecar(case, k, gen.seed_of(case),
+                                                                      gen.guidance_of(case), args, config, rel,
+                                                                      timings))
     bar.close()
     total = time.perf_counter() - started
     n_img = len(cases) * args.images_per_prompt
     print(f"wrote {n_img} image(s) + sidecars to {out} in {total:.1f} s ({total / n_img:.2f} s/image; defense "
-          f"{args.defense}, text stage {1000 * text_s / len(cases):.1f} ms/prompt)")
+          f"{args.defense}, batch size {args.batch_size}, text stage {1000 * text_s / len(cases):.1f} ms/prompt)")
     return 0

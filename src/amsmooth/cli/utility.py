@@ -47,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
                   preload=lambda device: reference_pipeline(args, device) if args.reference_model else None)
     folder = reference_folder(args)
     with run.store:
-        stats = run_jobs(run.defense, run.my_jobs, run.settings, run.run_dir, run.store, desc="utility")
+        stats = run_jobs(run.defense, run.my_jobs, run.settings, run.run_dir, run.store, desc="utility",
+                         batch_size=args.batch_size)
         report_progress("utility", run, stats)
         if folder is not None:
             plain = DefenseSpec().build(run.preloaded or run.pipe, run.device)
-            run_jobs(plain, run.my_jobs, run.settings, run.run_dir, folder=folder, desc="reference")
+            run_jobs(plain, run.my_jobs, run.settings, run.run_dir, folder=folder, desc="reference",
+                     batch_size=args.batch_size)
         # No barrier: every process checks after its own last image, so the last one to finish sees all
         # images and measures (two finishing together both measure the same numbers).
         missing = len(missing_images(run, folder))

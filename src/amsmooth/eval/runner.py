@@ -2,8 +2,8 @@
 
 Per the data contract, each case's images come from a CPU generator seeded with its ``evaluation_seed`` and use
 its ``evaluation_guidance`` (defaults when the file has none). Every image is saved atomically as
-``RUN_DIR/<folder>/<prompt set>/{case_number}_{k}.png`` and its row committed before the next case starts, so a
-killed run resumes where it stopped. Under ``accelerate launch`` case i of the run goes to process i mod N.
+``RUN_DIR/<folder>/<prompt set>/{case_number}_{k}.png`` and its row committed before the next case (or batch of
+cases, ``--batch-size``) starts, so a killed run resumes where it stopped. Under ``accelerate launch`` case i of the run goes to process i mod N.
 """
 from __future__ import annotations
 
@@ -154,31 +154,67 @@ def image_path(folder: str, job: Job, k: int) -> str:
 
 def run_jobs(defense: Defense, jobs: Sequence[Job], settings: GenerationSettings, run_dir: Path,
              store: ResultStore | None = None, detector: Any = None, folder: str = IMAGES,
-             desc: str = "eval") -> RunStats:
-    """Generate (and score, and store) every image of ``jobs`` not yet done.
+             desc: str = "eval", batch_size: int = 1) -> RunStats:
+    """Generate (and score, and store) every image of ``jobs`` not yet done, ``batch_size`` cases a call.
 
     With a ``store``, done = its row exists (read per case, so work another process finished meanwhile is not
     redone), a case is claimed before it is generated (a case another live process holds is left to it), and
     only rows this process inserted count as new; each image gets a row (``detector`` None: unscored, as in
-    utility runs). Without one (reference images), done = its file exists.
+    utility runs). Without one (reference images), done = its file exists. Cases still to do are batched in
+    order while they share a guidance (the other generation settings are the run's); each image is still saved
+    and its row committed on its own.
     """
     from tqdm.auto import tqdm
 
-    stats, K = RunStats(), settings.images_per_prompt
-    for job in tqdm(jobs, desc=desc, unit="case", file=sys.stderr, disable=None):
-        missing = _missing(job, K, store, run_dir, folder)
-        stats.skipped += K - len(missing)
-        if not missing:
-            continue
-        if store is not None and not store.claim(job.prompt_set, job.case.case_number):
-            stats.busy += len(missing)
-            continue
-        try:
-            _generate_case(defense, job, missing, settings, run_dir, store, detector, folder, stats)
-        finally:
-            if store is not None:
-                store.release(job.prompt_set, job.case.case_number)
+    stats, K, pending = RunStats(), settings.images_per_prompt, []
+    try:
+        for job in tqdm(jobs, desc=desc, unit="case", file=sys.stderr, disable=None):
+            missing = _missing(job, K, store, run_dir, folder)
+            stats.skipped += K - len(missing)
+            if not missing:
+                continue
+            if pending and settings.guidance_of(pending[0][0].case) != settings.guidance_of(job.case):
+                _flush(defense, pending, settings, run_dir, store, detector, folder, stats)
+            if store is not None and not store.claim(job.prompt_set, job.case.case_number):
+                stats.busy += len(missing)
+                continue
+            pending.append((job, missing))
+            if len(pending) >= batch_size:
+                _flush(defense, pending, settings, run_dir, store, detector, folder, stats)
+        _flush(defense, pending, settings, run_dir, store, detector, folder, stats)
+    finally:
+        _release(store, pending)
     return stats
+
+
+def _flush(defense: Defense, pending: list[tuple[Job, list[int]]], settings: GenerationSettings, run_dir: Path,
+           store: ResultStore | None, detector: Any, folder: str, stats: RunStats) -> None:
+    """Generate the ``pending`` (claimed) cases in one batch, save and store their missing images, release
+    their claims; ``pending`` is emptied."""
+    if not pending:
+        return
+    try:
+        for (job, missing), gen in zip(pending, generate_cases(defense, [j for j, _ in pending], settings)):
+            _store_case(defense, job, missing, gen, settings, run_dir, store, detector, folder, stats)
+    finally:
+        _release(store, pending)
+        pending.clear()
+
+
+def _release(store: ResultStore | None, pending: list[tuple[Job, list[int]]]) -> None:
+    if store is not None:
+        for job, _ in pending:
+            store.release(job.prompt_set, job.case.case_number)
+
+
+def generate_cases(defense: Defense, jobs: Sequence[Job], settings: GenerationSettings) -> list[Any]:
+    """All K images of each case (``Generated``), in one pipeline call; one case alone is generated exactly as
+    before batching existed (one generator for its K images)."""
+    first = jobs[0].case
+    K, kwargs = settings.images_per_prompt, settings.kwargs(first)
+    if len(jobs) == 1:
+        return [defense(first.prompt, settings.seed_of(first), K, **kwargs)]
+    return defense.batch([j.case.prompt for j in jobs], [settings.seed_of(j.case) for j in jobs], K, **kwargs)
 
 
 def _missing(job: Job, K: int, store: ResultStore | None, run_dir: Path, folder: str) -> list[int]:
@@ -188,11 +224,10 @@ def _missing(job: Job, K: int, store: ResultStore | None, run_dir: Path, folder:
     return [k for k in range(K) if not (run_dir / image_path(folder, job, k)).is_file()]
 
 
-def _generate_case(defense: Defense, job: Job, missing: list[int], settings: GenerationSettings, run_dir: Path,
-                   store: ResultStore | None, detector: Any, folder: str, stats: RunStats) -> None:
-    """The case's images (all K, for the seeds), scored; the ``missing`` ones saved and stored."""
+def _store_case(defense: Defense, job: Job, missing: list[int], gen: Any, settings: GenerationSettings,
+                run_dir: Path, store: ResultStore | None, detector: Any, folder: str, stats: RunStats) -> None:
+    """The case's ``missing`` images of ``gen`` (all K were generated, for the seeds): scored, saved, stored."""
     K = settings.images_per_prompt
-    gen = defense(job.case.prompt, settings.seed_of(job.case), K, **settings.kwargs(job.case))
     verdicts = detector.detect([gen.images[k] for k in missing]) if detector is not None else [None] * K
     for k, verdict in zip(missing, verdicts):
         path = image_path(folder, job, k)

@@ -23,7 +23,7 @@ import torch
 from ..concepts import Concept
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
-from ..pipeline import STAGES, derive_generator, unet_median_smoothing
+from ..pipeline import STAGES, derive_generator, smoothing_generators, unet_median_smoothing
 from ..smoothing import median_smooth
 from .defense import FamilyDefense, Plan
 from .views import EncoderSlot, EncoderView
@@ -38,6 +38,15 @@ class _CallState:
     encoded: bool = False
     relevance: list = field(default_factory=list)
     text_s: float = 0.0
+
+
+def _smoothing_generators(generator: Any, prompt: Any) -> torch.Generator | list[torch.Generator] | None:
+    """The smoothing noise's generator(s): with a list of image generators (one per image) and a list of B
+    prompts, one per prompt, derived from its first image's generator (so a prompt's h_0.5 is the same alone or
+    in any batch); otherwise one, derived from the (first) image generator."""
+    if isinstance(generator, (list, tuple)) and isinstance(prompt, (list, tuple)) and prompt:
+        return smoothing_generators(generator, len(prompt))
+    return derive_generator(generator)
 
 
 def _sync(device: torch.device) -> None:
@@ -123,7 +132,7 @@ class DefendedMixin:
         prompt, negative = bound.get("prompt"), bound.get("negative_prompt")
         if isinstance(prompt, list) and isinstance(negative, list) and len(negative) != len(prompt):
             raise AmsmoothError(f"{len(negative)} negative prompts for {len(prompt)} prompts; give one or one each")
-        state = _CallState(smoothing_generator or derive_generator(bound.get("generator")))
+        state = _CallState(smoothing_generator or _smoothing_generators(bound.get("generator"), prompt))
         device = self._execution_device  # type: ignore[attr-defined]
         self._ams_call = state
         _sync(device)
