@@ -9,16 +9,16 @@ Pickles are never unpickled: ``.pt`` files are read with ``torch.load(weights_on
 """
 from __future__ import annotations
 
-import inspect
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from .assembly import assemble_pipeline  # re-exported: amsmooth.loading.assemble_pipeline is public
 from .errors import AmsmoothError
+from .tiny import tiny_pipeline
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 _LDM_UNET_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.")
@@ -91,25 +91,6 @@ def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | No
     return pipe.to(dev)
 
 
-def assemble_pipeline(cls: type, modules: Mapping[str, Any]):  # noqa: ANN201 - an instance of cls
-    """``cls`` (a diffusers SD pipeline class) built from already loaded ``modules``, shared, not copied.
-
-    No safety checker (raw outputs), no progress bar. diffusers raises a U-Net ``sample_size`` below 64 to 64 in
-    the constructor, on the shared U-Net's config, which changes the default image size of every pipeline using
-    it (the tiny one: 64 px → 128 px); the U-Net's own value is put back.
-    """
-    accepted = inspect.signature(cls.__init__).parameters
-    parts = {k: v for k, v in modules.items() if k in accepted}
-    parts.update(safety_checker=None, feature_extractor=None)
-    sample_size = parts["unet"].config.sample_size
-    with warnings.catch_warnings():  # the warning about that sample_size
-        warnings.simplefilter("ignore", FutureWarning)
-        pipe = cls(**parts, requires_safety_checker=False)
-    pipe.unet.register_to_config(sample_size=sample_size)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None,
                    img2img: bool, replaced_unet: bool = False):  # noqa: ANN202
     """The text-to-image pipeline; for "tiny", tiny_pipeline builds the img2img one itself."""
@@ -141,8 +122,6 @@ def _dtype_kw(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
 
 def _tiny(dtype: torch.dtype, img2img: bool):  # noqa: ANN202
-    from .tiny import tiny_pipeline
-
     pipe = tiny_pipeline(img2img=img2img)  # float32; casting it anyway makes diffusers log a spurious warning
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 

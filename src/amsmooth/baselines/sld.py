@@ -35,7 +35,7 @@ def safe_pipeline(pipe: Any):  # noqa: ANN201 - StableDiffusionPipelineSafe
     """``StableDiffusionPipelineSafe`` sharing ``pipe``'s modules, without a safety checker (raw outputs)."""
     from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 
-    from ..loading import assemble_pipeline
+    from ..assembly import assemble_pipeline
 
     return assemble_pipeline(StableDiffusionPipelineSafe, pipe.components)
 
