@@ -350,3 +350,15 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(AmsmoothError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_hub_offline_one_rule_for_every_loader(monkeypatch):
+    from amsmooth import encoders, loading
+    from amsmooth.families import loading as family_loading
+    from amsmooth.hub import hub_offline
+
+    assert hub_offline(True) is True and hub_offline(False) is False  # an explicit choice wins
+    for value in ("1", "true", "YES", "on"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert hub_offline() is True
+    assert not any(hasattr(m, "_offline") for m in (encoders, loading, family_loading))  # no second copy

@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .errors import AmsmoothError
+from .hub import hub_offline
 
 _CLIP_TYPES = {"clip_text_model", "clip"}
 _T5_TYPES = {"t5", "mt5", "umt5"}
@@ -50,10 +51,6 @@ class TokenizedBatch:
             if w >= 0:
                 groups.setdefault(w, []).append(pos)
         return [groups[w] for w in sorted(groups)]
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
 
 
 def _load_error(source: str, err: Exception) -> AmsmoothError:
@@ -147,7 +144,7 @@ class TextEncoder:
         from transformers import AutoConfig, AutoTokenizer
 
         source = str(source)
-        local_only = _offline() if local_files_only is None else local_files_only
+        local_only = hub_offline(local_files_only)
         path, sub_model, sub_tok = _locate(source, local_only)
         kw = {"local_files_only": local_only}
         try:

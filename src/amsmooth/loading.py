@@ -9,7 +9,6 @@ Pickles are never unpickled: ``.pt`` files are read with ``torch.load(weights_on
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +17,7 @@ import torch
 
 from .assembly import assemble_pipeline  # re-exported: amsmooth.loading.assemble_pipeline is public
 from .errors import AmsmoothError
+from .hub import hub_offline
 from .tiny import tiny_pipeline
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -47,15 +47,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _offline(local_files_only: bool | None) -> bool:
-    if local_files_only is not None:
-        return local_files_only
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
-    return env or bool(constants.HF_HUB_OFFLINE)
-
-
 # ------------------------------------------------------------------------------------------------ pipelines
 
 def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | None = None,
@@ -73,7 +64,7 @@ def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | No
     dev = resolve_device(device) if isinstance(device, str) else device
     from .families.loading import family_of_source, load_family_pipeline
 
-    family = family_of_source(model, _offline(local_files_only))
+    family = family_of_source(model, hub_offline(local_files_only))
     if family is not None or transformer:
         return load_family_pipeline(model, family or "", unet=unet, transformer=transformer,
                                     text_encoder=text_encoder, device=dev, dtype=dtype,
@@ -106,7 +97,7 @@ def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None
     if not Path(model).is_dir() and not (_HUB_ID.match(model) and model.count("/") == 1):
         raise AmsmoothError(f"model '{model}' is neither a local diffusers folder (with model_index.json) nor a "
                             f"Hugging Face id like CompVis/stable-diffusion-v1-4")
-    offline = _offline(local_files_only)
+    offline = hub_offline(local_files_only)
     try:
         return StableDiffusionPipeline.from_pretrained(
             model, safety_checker=None, requires_safety_checker=False, local_files_only=offline, **_dtype_kw(dtype))
@@ -204,7 +195,7 @@ def _pretrained_unet(path: str, kind: str, dtype: torch.dtype, local_files_only:
     from diffusers import UNet2DConditionModel
 
     where, sub = _pretrained_location(path, kind, "unet", "diffusion_pytorch_model")
-    offline = _offline(local_files_only)
+    offline = hub_offline(local_files_only)
     try:
         return UNet2DConditionModel.from_pretrained(where, subfolder=sub, local_files_only=offline,
                                                     **_dtype_kw(dtype))
@@ -255,7 +246,7 @@ def _strip(key: str, prefixes: tuple[str, ...]) -> str:
 
 def _pretrained_text_encoder(path: str, kind: str, cls: type, local_files_only: bool | None):  # noqa: ANN202
     where, sub = _pretrained_location(path, kind, "text_encoder", "model")
-    offline = _offline(local_files_only)
+    offline = hub_offline(local_files_only)
     kwargs = {"subfolder": sub} if sub else {}
     try:
         return cls.from_pretrained(where, local_files_only=offline, **kwargs)
