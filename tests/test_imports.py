@@ -31,5 +31,21 @@ def test_tiny_does_not_import_loading() -> None:
     assert "amsmooth.tiny" in _amsmooth_imports("loading.py")  # the one direction left
 
 
-def test_assembly_is_a_leaf() -> None:
+def test_assembly_and_hub_are_leaves() -> None:
     assert _amsmooth_imports("assembly.py") == set()
+    assert _amsmooth_imports("hub.py") == {"amsmooth.errors"}
+
+
+# private names one module still takes from a sibling of its own subpackage (package-internal, not API)
+_PRIVATE_IMPORTS_ALLOWED = {("families/sd.py", "_CallState"), ("lab/report.py", "_rows")}
+
+
+def test_no_private_names_imported_across_modules() -> None:
+    """Modules use each other's public names (issue 11): no ``from .x import _private`` outside the allowlist."""
+    found = set()
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("amsmooth")):
+                found.update((rel, a.name) for a in node.names if a.name.startswith("_") and not a.name.startswith("__"))
+    assert found <= _PRIVATE_IMPORTS_ALLOWED, sorted(found - _PRIVATE_IMPORTS_ALLOWED)

@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import torch
 
 from .assembly import assemble_pipeline  # re-exported: amsmooth.loading.assemble_pipeline is public
-from .errors import AmsmoothError
-from .hub import hub_offline
+from .errors import AmsmoothError, first_line
+from .hub import fetch_error, hub_offline
 from .tiny import tiny_pipeline
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -100,12 +100,12 @@ def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None
     offline = hub_offline(local_files_only)
     try:
         return StableDiffusionPipeline.from_pretrained(
-            model, safety_checker=None, requires_safety_checker=False, local_files_only=offline, **_dtype_kw(dtype))
+            model, safety_checker=None, requires_safety_checker=False, local_files_only=offline, **dtype_kwargs(dtype))
     except (OSError, ValueError) as e:
-        raise _fetch_error("model", model, offline, e) from None
+        raise fetch_error("model", model, offline, e) from None
 
 
-def _dtype_kw(dtype: torch.dtype) -> dict[str, torch.dtype]:
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """diffusers renamed from_pretrained's torch_dtype to dtype (huggingface/diffusers#14205; the old name warns)."""
     from diffusers.utils import deprecation_utils
 
@@ -117,27 +117,6 @@ def _tiny(dtype: torch.dtype, img2img: bool):  # noqa: ANN202
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
-def _fetch_error(what: str, source: str, offline: bool, err: Exception) -> AmsmoothError:
-    if Path(source).exists():
-        return AmsmoothError(f"cannot load {what} from {source}: {_first_line(err)}")
-    if offline:
-        return AmsmoothError(
-            f"cannot load {what} '{source}': offline (HF_HUB_OFFLINE=1 or local_files_only) and not in the "
-            f"Hugging Face cache; run `hf download {_repo(source)}` where you have internet, or pass "
-            f"the path of a local diffusers folder instead of the id")
-    return AmsmoothError(f"cannot load {what} '{source}' from the Hugging Face Hub: {_first_line(err)}; "
-                         f"check the id, or pass the path of a local diffusers folder")
-
-
-def _first_line(err: Exception) -> str:
-    lines = [s for s in str(err).splitlines() if s.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def _repo(source: str) -> str:
-    return "/".join(source.split("/")[:2])
-
-
 # ------------------------------------------------------------------------------------------------ U-Net
 
 def load_unet_weights(unet: torch.nn.Module, path: str, *, local_files_only: bool | None = None) -> None:
@@ -147,7 +126,7 @@ def load_unet_weights(unet: torch.nn.Module, path: str, *, local_files_only: boo
     ``owner/repo[/subfolder]``, a ``.safetensors`` file, or a ``.pt``/``.pth``/``.ckpt``/``.bin`` state dict in the
     diffusers or CompVis/LDM layout. Raises AmsmoothError, with the U-Net unchanged, if anything does not fit.
     """
-    kind = _source_kind(path)
+    kind = source_kind(path)
     if kind == "file":
         state, layout = unet_state_dict(read_state_dict(path), unet.config, path)
         apply_state_dict(unet, state, f"{path} ({layout} layout)", "U-Net")
@@ -182,7 +161,7 @@ def _convert_ldm_unet(ldm: dict[str, torch.Tensor], config: Mapping[str, Any],
         out = convert_ldm_unet_checkpoint(ldm, dict(config))
     except (KeyError, IndexError, ValueError) as e:
         raise AmsmoothError(f"{source}: cannot convert its CompVis/LDM U-Net weights for the pipeline's U-Net "
-                            f"({type(e).__name__}: {_first_line(e)})") from None
+                            f"({type(e).__name__}: {first_line(e)})") from None
     used = {id(v) for v in out.values()}
     unused = [k for k, v in ldm.items() if id(v) not in used]
     if unused:
@@ -198,9 +177,9 @@ def _pretrained_unet(path: str, kind: str, dtype: torch.dtype, local_files_only:
     offline = hub_offline(local_files_only)
     try:
         return UNet2DConditionModel.from_pretrained(where, subfolder=sub, local_files_only=offline,
-                                                    **_dtype_kw(dtype))
+                                                    **dtype_kwargs(dtype))
     except (OSError, ValueError) as e:
-        raise _fetch_error("a U-Net", path, offline, e) from None
+        raise fetch_error("a U-Net", path, offline, e) from None
 
 
 # ------------------------------------------------------------------------------------------------ text encoder
@@ -214,7 +193,7 @@ def load_text_encoder_weights(pipe, path: str, *, local_files_only: bool | None 
     encoder unchanged, if anything does not fit.
     """
     target = pipe.text_encoder
-    kind = _source_kind(path)
+    kind = source_kind(path)
     if kind == "file":
         state = _text_encoder_keys(_tensors(_unwrap(read_state_dict(path), path), path), target)
         apply_state_dict(target, state, path, "text encoder")
@@ -251,12 +230,12 @@ def _pretrained_text_encoder(path: str, kind: str, cls: type, local_files_only: 
     try:
         return cls.from_pretrained(where, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as e:
-        raise _fetch_error("a text encoder", path, offline, e) from None
+        raise fetch_error("a text encoder", path, offline, e) from None
 
 
 # ------------------------------------------------------------------------------------------------ files
 
-def _source_kind(path: str) -> str:
+def source_kind(path: str) -> str:
     """'file', 'folder' or 'hub' — or an AmsmoothError saying why it is none of them."""
     p = Path(path).expanduser()
     if p.is_file():
@@ -294,7 +273,7 @@ def read_state_dict(path: str) -> dict[str, Any]:
         try:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError) as e:
-            raise AmsmoothError(f"cannot read {path} as safetensors: {_first_line(e)}") from None
+            raise AmsmoothError(f"cannot read {path} as safetensors: {first_line(e)}") from None
     return _torch_load(path)
 
 
@@ -308,7 +287,7 @@ def _torch_load(path: str) -> dict[str, Any]:
             f"{path} holds Python objects besides tensors ({_unpickler_reason(e)}) and is not unpickled, for "
             f"safety; re-save just its state dict (of tensors), or convert it to .safetensors") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise AmsmoothError(f"cannot read {path} as a torch state dict: {_first_line(e)[:200]}") from None
+        raise AmsmoothError(f"cannot read {path} as a torch state dict: {first_line(e)[:200]}") from None
     if not isinstance(obj, Mapping):
         raise AmsmoothError(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
     return dict(obj)

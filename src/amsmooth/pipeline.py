@@ -40,6 +40,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def execution_device(pipe: Any) -> torch.device:
+    """The device ``pipe``'s models compute on (where latents and prompt embeddings must be created).
+
+    diffusers has no public name for it: ``DiffusionPipeline._execution_device``, the property diffusers' own
+    ``__call__`` uses, follows CPU and group offloading, where the public ``pipe.device`` says cpu. This is the one
+    place amsmooth reads it from outside a pipeline class; pipelines without it answer ``pipe.device``.
+    """
+    if hasattr(pipe, "_execution_device"):
+        return pipe._execution_device
+    return pipe.device
+
+
 def derive_generator(generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Generator | None:
     """The smoothing noise's own CPU generator, seeded from the image generator's seed (so the image latents are
     drawn exactly as without the defense)."""
@@ -144,7 +156,7 @@ class DefendedPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device if hasattr(self.pipe, "_execution_device") else self.pipe.device
+        return execution_device(self.pipe)
 
     # ------------------------------------------------------------------ conditioning
     def conditioning(self, prompts: list[str], negative: list[str],
@@ -157,7 +169,7 @@ class DefendedPipeline:
             return self.encoder.encode(batch), negative_embeds, [], None
         with torch.no_grad():
             rel = self.ams.scores(batch)
-            info = [self.ams._describe(batch, rel, b) for b in range(len(batch))]
+            info = [self.ams.describe(batch, rel, b) for b in range(len(batch))]
             if self.stage == "text":
                 return self.ams.smooth(batch, rel.sigma, smoothing_generator), negative_embeds, info, None
             plain = self.encoder.encode(batch)
