@@ -47,5 +47,6 @@ def test_no_private_names_imported_across_modules() -> None:
         rel = path.relative_to(SRC).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("amsmooth")):
-                found.update((rel, a.name) for a in node.names if a.name.startswith("_") and not a.name.startswith("__"))
+                found.update((rel, a.name) for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__"))
     assert found <= _PRIVATE_IMPORTS_ALLOWED, sorted(found - _PRIVATE_IMPORTS_ALLOWED)

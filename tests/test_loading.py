@@ -38,7 +38,7 @@ _FIXED_TO_LDM = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.li
                  "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
 
 
-def ldm_key(key: str, config) -> str:  # noqa: ANN001 - a diffusers U-Net config
+def ldm_key(key: str, config) -> str:
     """The CompVis/LDM name of a diffusers U-Net key: diffusers' convert_diffusers_to_original_stable_diffusion.py
     tables, generalised from SD's 4 blocks × 2 layers to any number of blocks and ``layers_per_block``."""
     n = config["layers_per_block"] + 1  # LDM input/output slots per block (resnets + down/upsampler)

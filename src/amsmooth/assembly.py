@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def assemble_pipeline(cls: type, modules: Mapping[str, Any]):  # noqa: ANN201 - an instance of cls

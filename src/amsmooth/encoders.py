@@ -9,9 +9,9 @@ import contextlib
 import hashlib
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -139,7 +139,7 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, *, max_length: int | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                        local_files_only: bool | None = None) -> "TextEncoder":
+                        local_files_only: bool | None = None) -> TextEncoder:
         """Load from a Hugging Face id, a diffusers pipeline folder or a plain model folder."""
         from transformers import AutoConfig, AutoTokenizer
 
@@ -154,7 +154,7 @@ class TextEncoder:
             tokenizer = AutoTokenizer.from_pretrained(path, subfolder=sub_tok or "", use_fast=True, **kw)
         except AmsmoothError:
             raise
-        except (OSError, ValueError, EnvironmentError) as e:
+        except (OSError, ValueError) as e:
             raise _load_error(source, e) from None
         if device is not None:
             model = model.to(device)
@@ -250,7 +250,7 @@ class TextEncoder:
             dropped.append(self.tokenizer.decode(ids[len(kept):]).strip() if len(ids) > len(kept) else "")
             content_ids.append(list(kept))
             word_index[b, P:P + len(kept)] = torch.tensor(words[: len(kept)], dtype=torch.long)
-        for p, d in zip(prompts, dropped):
+        for d in dropped:
             if d:
                 warnings.warn(f"prompt longer than {L} tokens, truncated as the pipeline does; dropped: {d!r}",
                               stacklevel=2)

@@ -10,8 +10,9 @@ Pickles are never unpickled: ``.pt`` files are read with ``torch.load(weights_on
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +20,9 @@ from .assembly import assemble_pipeline  # re-exported: amsmooth.loading.assembl
 from .errors import AmsmoothError, first_line
 from .hub import fetch_error, hub_offline
 from .tiny import tiny_pipeline
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 _LDM_UNET_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.")
@@ -52,7 +56,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | None = None,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   img2img: bool = False, local_files_only: bool | None = None,
-                  transformer: str | None = None):  # noqa: ANN201 - a pipeline
+                  transformer: str | None = None) -> DiffusionPipeline:
     """A Stable Diffusion (1.x/2.x) text-to-image or img2img pipeline, optionally with unlearned weights.
 
     model: Hugging Face id, local diffusers folder, "tiny" (random, for tests) or "lab" (the lab model trained
@@ -83,7 +87,7 @@ def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | No
 
 
 def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None,
-                   img2img: bool, replaced_unet: bool = False):  # noqa: ANN202
+                   img2img: bool, replaced_unet: bool = False) -> DiffusionPipeline:
     """The text-to-image pipeline; for "tiny", tiny_pipeline builds the img2img one itself."""
     if model == "tiny":
         return _tiny(dtype, img2img)

@@ -1,8 +1,8 @@
 """Adaptive Median Smoothing at the text-encoding stage (Sec. 3.4): relevance → σ → n noisy encodings → median."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -9,8 +9,8 @@ encoder's token embeddings; the n noisy passes and the median happen in the pipe
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -70,7 +70,7 @@ class FamilyDefense:
 
     @classmethod
     def build(cls, views: Sequence[EncoderView], concepts: Sequence[str | Concept],
-              config: SmoothingConfig | None = None) -> "FamilyDefense":
+              config: SmoothingConfig | None = None) -> FamilyDefense:
         """Resolve ``concepts`` (built-in names, pairs CSVs, saved concept/bundle files, Concept objects) for
         every encoder; built-in directions are computed per encoder on first use and cached."""
         if not concepts:

@@ -98,7 +98,7 @@ def load_family_pipeline(model: str, family: str, *, unet: str | None = None, tr
                 pipe = cls.from_single_file(model, local_files_only=offline, **dtype_kwargs(dtype))
             else:
                 pipe = cls.from_pretrained(model, local_files_only=offline, **dtype_kwargs(dtype))
-        except (OSError, ValueError, EnvironmentError) as e:
+        except (OSError, ValueError) as e:
             raise fetch_error("model", model, offline, e) from None
     if unet:
         load_unet_weights(pipe.unet, unet, local_files_only=local_files_only)
