@@ -47,7 +47,7 @@ def main() -> None:
     draw = ImageDraw.Draw(canvas)
     for j, col in enumerate(["base", *args.runs]):
         draw.text((text_w + j * (side + pad) + 4, 3), col, fill="black")
-    for i, (cells, label) in enumerate(zip(rows, labels)):
+    for i, (cells, label) in enumerate(zip(rows, labels, strict=True)):
         y = header + i * (side + pad)
         draw.text((4, y + side // 2 - 6), label[:64], fill="black")
         for j, im in enumerate(cells):

@@ -3,12 +3,23 @@ adaptive objective goes through the smoothing (differs at σ0 > 0); adaptive att
 attacks' prompts exactly (the smoothing noise has its own stream)."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig
-from amsmooth.attacks import (ConceptPGD, ConceptPGDConfig, RingABell, RingABellConfig, TextObjective, Vocabulary,
-                              attack_class, concept_target, straight_through_median)
+from amsmooth.attacks import (
+    ConceptPGD,
+    ConceptPGDConfig,
+    RingABell,
+    RingABellConfig,
+    TextObjective,
+    Vocabulary,
+    attack_class,
+    concept_target,
+    straight_through_median,
+)
 from amsmooth.attacks.ring_a_bell import crossover, mutate
 from amsmooth.attacks.vocab import candidate_batch
 
@@ -42,7 +53,8 @@ def test_vocabulary_is_real_whole_word_tokens(tiny_encoder, vocab):
 
 def test_projection_returns_the_nearest_token(vocab):
     ids = vocab.ids[[3, 50, 700]]
-    jitter = vocab.embed(ids) + 1e-4 * torch.randn(3, vocab.embeddings.shape[1], generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(3, vocab.embeddings.shape[1], generator=torch.Generator().manual_seed(0))
+    jitter = vocab.embed(ids) + 1e-4 * noise
     assert vocab.project(jitter).tolist() == ids.tolist()
 
 
@@ -63,7 +75,7 @@ def test_attack_lowers_its_loss_and_keeps_its_budget(tiny_encoder, tiny_nudity, 
     K = attack.config.tokens
     assert len(result.history) == attack.config.iterations
     assert result.history[-1] < result.history[0]
-    assert all(b <= a for a, b in zip(result.history, result.history[1:]))     # best-so-far never rises
+    assert all(b <= a for a, b in pairwise(result.history))     # best-so-far never rises
     assert len(result.tokens) == K and set(result.tokens) <= set(vocab.ids.tolist())
     retok = tiny_encoder.tokenize([result.prompt]).content_ids[0]
     assert result.exact

@@ -39,7 +39,8 @@ def test_writes_the_data_contract_ready_for_eval(tmp_path, prompts, capsys):
     assert rows[1]["source_prompt"] == "a red car in the rain" and rows[1]["attack"] == "rab"
     assert all(r["exact"] in ("True", "False") and float(r["loss"]) > 0 for r in rows)   # whole vocabulary
     settings = json.loads(rows[0]["settings"])
-    assert settings["config"]["tokens"] == 4 and settings["config"]["budget"] == "reference" and settings["adaptive"] is False and settings["seed"] == 0
+    assert settings["config"]["tokens"] == 4 and settings["config"]["budget"] == "reference"
+    assert settings["adaptive"] is False and settings["seed"] == 0
     cases = read_prompt_csv(out)                      # what `amsmooth eval` reads
     assert [c.seed for c in cases] == [11, 12, 13] and cases[0].prompt == rows[0]["prompt"]
     assert "3 rab prompt(s) attacked now" in capsys.readouterr().out

@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig
-from amsmooth.attacks import (ConceptPGD, ConceptPGDConfig, MMAConfig, MMADiffusion, QFAttack, QFConfig,
-                              RingABell, RingABellConfig, Vocabulary)
+from amsmooth.attacks import (
+    ConceptPGD,
+    ConceptPGDConfig,
+    MMAConfig,
+    MMADiffusion,
+    QFAttack,
+    QFConfig,
+    RingABell,
+    RingABellConfig,
+    Vocabulary,
+)
 from amsmooth.attacks.concept_file import load_vector_concept
 from amsmooth.attacks.mma import sensitive_token_ids
 from amsmooth.attacks.qf import char_table, key_dimensions

@@ -7,12 +7,13 @@ from __future__ import annotations
 import copy
 import csv
 import json
+from itertools import pairwise
 
 import pytest
 import torch
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig
-from amsmooth.attacks import (P4D, DiffusionModels, P4DConfig, UDAConfig, UnlearnDiffAtk, Vocabulary)
+from amsmooth.attacks import P4D, DiffusionModels, P4DConfig, UDAConfig, UnlearnDiffAtk, Vocabulary
 from amsmooth.attacks.uda import project_simplex, sequential_timesteps
 from amsmooth.attacks.vocab import candidate_batch
 from amsmooth.cli.main import main
@@ -66,7 +67,7 @@ def test_p4d_lowers_its_loss_keeps_its_budget_and_reproduces(models, tiny_nudity
     r1 = _attack("p4d", models, tiny_nudity, vocab).run_case(CASE, torch.Generator().manual_seed(0))
     # history: best loss so far on the attack's fixed evaluation set of (t, ε), scored every step here
     assert len(r1.history) == 5 and r1.history[-1] < r1.history[0]
-    assert all(b <= a for a, b in zip(r1.history, r1.history[1:]))
+    assert all(b <= a for a, b in pairwise(r1.history))
     assert len(r1.tokens) == 4 and set(r1.tokens) <= set(vocab.ids.tolist()) and r1.exact
     assert models.encoder.tokenize([r1.prompt]).content_ids[0] == r1.tokens
     assert r1.loss == pytest.approx(r1.history[-1], rel=1e-5)
@@ -214,8 +215,8 @@ def test_needs_the_original_unet_when_it_was_not_kept(pipe, models, tiny_nudity,
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-FAST = ["--budget", "quick", "--iterations", "2", "--tokens", "3", "--height", "64", "--width", "64", "--target-steps", "2",
-        "--eval-timesteps", "2", "--no-progress", "--device", "cpu"]
+FAST = ["--budget", "quick", "--iterations", "2", "--tokens", "3", "--height", "64", "--width", "64",
+        "--target-steps", "2", "--eval-timesteps", "2", "--no-progress", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,20 @@ import torch
 from scipy.stats import binom, norm
 
 from amsmooth import AdaptiveMedianSmoothing, SmoothingConfig
-from amsmooth.certify import (certify, diameter_bound, lower_index, min_samples, nearest_token_distances,
-                              order_statistic_indices, percentile_bounds, percentile_levels, squared_bound,
-                              typical_token_distance, upper_index, xi)
+from amsmooth.certify import (
+    certify,
+    diameter_bound,
+    lower_index,
+    min_samples,
+    nearest_token_distances,
+    order_statistic_indices,
+    percentile_bounds,
+    percentile_levels,
+    squared_bound,
+    typical_token_distance,
+    upper_index,
+    xi,
+)
 from amsmooth.cli.main import main
 from amsmooth.errors import AmsmoothError
 

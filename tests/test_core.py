@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, Concept, SmoothingConfig, TextEncoder
 from amsmooth.concepts import builtin_pairs_path
-from amsmooth.relevance import (WordCache, combine_global, concept_cosine, differential_embeddings,
-                                noise_schedule, removals)
+from amsmooth.relevance import (
+    WordCache,
+    combine_global,
+    concept_cosine,
+    differential_embeddings,
+    noise_schedule,
+    removals,
+)
 
 PROMPT = "a nude woman on a beach"
 

@@ -7,8 +7,16 @@ import torch
 from PIL import Image
 
 from amsmooth import AmsmoothError
-from amsmooth.eval.detectors import (NUDENET_EXPOSED, Detection, NudeNetDetector, Q16Detector, load_q16_prompts,
-                                     make_detector, nudenet_labels, q16_probabilities)
+from amsmooth.eval.detectors import (
+    NUDENET_EXPOSED,
+    Detection,
+    NudeNetDetector,
+    Q16Detector,
+    load_q16_prompts,
+    make_detector,
+    nudenet_labels,
+    q16_probabilities,
+)
 
 
 def landscape(h: int = 384, w: int = 512) -> Image.Image:

@@ -7,8 +7,16 @@ import torch
 from PIL import Image
 
 from amsmooth import AmsmoothError
-from amsmooth.eval.metrics import (FID, ClipScore, FeatureStats, InceptionFeatures, clip_scores, fid_from_folders,
-                                   frechet_distance, frechet_distance_features)
+from amsmooth.eval.metrics import (
+    FID,
+    ClipScore,
+    FeatureStats,
+    InceptionFeatures,
+    clip_scores,
+    fid_from_folders,
+    frechet_distance,
+    frechet_distance_features,
+)
 
 
 def test_frechet_distance_closed_form_for_diagonal_gaussians():
@@ -88,7 +96,9 @@ def test_fid_from_folders_uses_every_image(tmp_path):
         for i, im in enumerate(images):
             im.save(tmp_path / name / f"{i}.png")
     (tmp_path / "gen" / "notes.txt").write_text("not an image")
-    mean_pixel = lambda paths: np.stack([np.asarray(Image.open(p), dtype=np.float64).mean((0, 1)) for p in paths])
+    def mean_pixel(paths):
+        return np.stack([np.asarray(Image.open(p), dtype=np.float64).mean((0, 1)) for p in paths])
+
     expected = frechet_distance_features(mean_pixel(sorted((tmp_path / "ref").glob("*.png"))),
                                          mean_pixel(sorted((tmp_path / "gen").glob("*.png"))))
     assert fid_from_folders(tmp_path / "ref", tmp_path / "gen", FID(features=mean_pixel)) == pytest.approx(expected)

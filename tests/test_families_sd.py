@@ -8,8 +8,12 @@ import torch
 from PIL import Image
 
 from amsmooth import AmsmoothError, SmoothingConfig
-from amsmooth.families import (DefendedStableDiffusionImg2ImgPipeline, DefendedStableDiffusionInpaintPipeline,
-                               DefendedStableDiffusionPipeline, defend_pipeline)
+from amsmooth.families import (
+    DefendedStableDiffusionImg2ImgPipeline,
+    DefendedStableDiffusionInpaintPipeline,
+    DefendedStableDiffusionPipeline,
+    defend_pipeline,
+)
 from amsmooth.families.registry import as_defended
 from amsmooth.pipeline import DefendedPipeline
 from amsmooth.smoothing import AdaptiveMedianSmoothing

@@ -13,7 +13,7 @@ shipped = pytest.mark.skipif(not (lab_dir() / "unet" / "diffusion_pytorch_model.
 
 
 @pytest.fixture(scope="module")
-def pipe():  # noqa: ANN201
+def pipe():
     from amsmooth.loading import load_pipeline
 
     return load_pipeline("lab")
@@ -27,7 +27,7 @@ def test_pixel_vae_is_the_identity() -> None:
 
 
 @shipped
-def test_pipeline_encodes_prompts_like_the_text_encoder(pipe) -> None:  # noqa: ANN001
+def test_pipeline_encodes_prompts_like_the_text_encoder(pipe) -> None:
     from amsmooth.encoders import TextEncoder
 
     enc = TextEncoder(pipe.text_encoder, pipe.tokenizer)
@@ -38,7 +38,7 @@ def test_pipeline_encodes_prompts_like_the_text_encoder(pipe) -> None:  # noqa: 
 
 
 @shipped
-def test_shipped_weights_quality_subset(pipe) -> None:  # noqa: ANN001
+def test_shipped_weights_quality_subset(pipe) -> None:
     """A fast subset of the model card's quality bar: benign prompts show what they ask for, training-lexicon
     prompts show nudity, benign prompts do not."""
     from amsmooth.lab.prompts import prompt_set
@@ -54,7 +54,7 @@ def test_shipped_weights_quality_subset(pipe) -> None:  # noqa: ANN001
 
 
 @shipped
-def test_generate_cli_on_lab(tmp_path) -> None:  # noqa: ANN001
+def test_generate_cli_on_lab(tmp_path) -> None:
     from PIL import Image
 
     from amsmooth.cli.main import main

@@ -22,7 +22,7 @@ def test_bootstrap_interval_covers_the_rate_and_widens_with_disagreement() -> No
 
 
 @shipped
-def test_lab_table_smoke(tmp_path) -> None:  # noqa: ANN001
+def test_lab_table_smoke(tmp_path) -> None:
     from amsmooth.lab.table import Plan, Table
 
     plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, seeds=(0,), steps=3,

@@ -58,7 +58,7 @@ def test_lab_detector_interface() -> None:
 
 
 def test_lexicons_are_disjoint_and_training_uses_only_train_words() -> None:
-    for concept, lex in C.LEXICONS.items():
+    for lex in C.LEXICONS.values():
         train = set(lex["train"]["adj"] + lex["train"]["post"])
         held = set(lex["heldout"]["adj"] + lex["heldout"]["post"])
         assert not train & held
@@ -76,7 +76,7 @@ def test_lookalikes_show_no_concept() -> None:
             assert not c.scene.nude and not c.scene.violent
 
 
-def test_prompt_sets_are_disjoint_across_splits_and_roundtrip(tmp_path) -> None:  # noqa: ANN001
+def test_prompt_sets_are_disjoint_across_splits_and_roundtrip(tmp_path) -> None:
     cal = prompt_set("heldout", 10, "nudity", split_seed=0, seeds=(0,))
     table = prompt_set("heldout", 10, "nudity", split_seed=1, seeds=(0, 1, 2),
                        exclude=[c.prompt for c in cal])

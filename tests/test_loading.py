@@ -38,7 +38,7 @@ _FIXED_TO_LDM = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.li
                  "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
 
 
-def ldm_key(key: str, config) -> str:  # noqa: ANN001 - a diffusers U-Net config
+def ldm_key(key: str, config) -> str:
     """The CompVis/LDM name of a diffusers U-Net key: diffusers' convert_diffusers_to_original_stable_diffusion.py
     tables, generalised from SD's 4 blocks × 2 layers to any number of blocks and ``layers_per_block``."""
     n = config["layers_per_block"] + 1  # LDM input/output slots per block (resnets + down/upsampler)
@@ -350,3 +350,15 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(AmsmoothError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_hub_offline_one_rule_for_every_loader(monkeypatch):
+    from amsmooth import encoders, loading
+    from amsmooth.families import loading as family_loading
+    from amsmooth.hub import hub_offline
+
+    assert hub_offline(True) is True and hub_offline(False) is False  # an explicit choice wins
+    for value in ("1", "true", "YES", "on"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert hub_offline() is True
+    assert not any(hasattr(m, "_offline") for m in (encoders, loading, family_loading))  # no second copy

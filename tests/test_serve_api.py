@@ -13,16 +13,16 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'amsmooth[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
-import torch  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
 
-from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig  # noqa: E402
-from amsmooth.certify import certify  # noqa: E402
-from amsmooth.pipeline import DefendedPipeline  # noqa: E402
-from amsmooth.serve.app import create_app  # noqa: E402
-from amsmooth.serve.schemas import MAX_SEED  # noqa: E402
-from amsmooth.serve.service import DemoService  # noqa: E402
+from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig
+from amsmooth.certify import certify
+from amsmooth.pipeline import DefendedPipeline
+from amsmooth.serve.app import create_app
+from amsmooth.serve.schemas import MAX_SEED
+from amsmooth.serve.service import DemoService
 
 PROMPT = "a photo of a naked woman on the beach"
 STEPS = 2
@@ -57,7 +57,7 @@ def test_relevance_is_the_librarys(client, service):
     ams = AdaptiveMedianSmoothing(service.encoder, [service.concept("nudity")], service.config)
     expected = ams.relevance([PROMPT])[0]
     assert [t["token"] for t in body["tokens"]] == [t["token"] for t in expected["tokens"]]
-    for got, want in zip(body["tokens"], expected["tokens"]):
+    for got, want in zip(body["tokens"], expected["tokens"], strict=True):
         assert got["sim"] == pytest.approx(want["sim"], abs=1e-6)
         assert got["sigma"] == pytest.approx(want["sigma"], rel=1e-6)
         assert got["high"] == (got["sigma"] >= 2 * service.config.sigma0)

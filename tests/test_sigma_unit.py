@@ -9,7 +9,7 @@ from amsmooth.pipeline import DefendedPipeline
 from amsmooth.tiny import tiny_pipeline, tiny_text_encoder
 
 
-def _sigmas(pipe, cfg: SmoothingConfig) -> list[float]:  # noqa: ANN001
+def _sigmas(pipe, cfg: SmoothingConfig) -> list[float]:
     out = DefendedPipeline.from_pipeline(pipe, ["nudity"], cfg)("a nude woman", num_inference_steps=1,
                                                                 generator=torch.Generator().manual_seed(0))
     return [t["sigma"] for t in out.relevance[0]["tokens"]]

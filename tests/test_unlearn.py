@@ -13,8 +13,15 @@ from amsmooth.cli.main import main
 from amsmooth.encoders import TextEncoder
 from amsmooth.errors import AmsmoothError
 from amsmooth.loading import load_pipeline
-from amsmooth.unlearn import (ESDSettings, ESDTrainer, UCESettings, cross_attention_projections, esd,
-                              trainable_parameter_names, uce)
+from amsmooth.unlearn import (
+    ESDSettings,
+    ESDTrainer,
+    UCESettings,
+    cross_attention_projections,
+    esd,
+    trainable_parameter_names,
+    uce,
+)
 from amsmooth.unlearn.uce import edit_tokens, targets
 
 FAST = ESDSettings(iterations=2, lr=1e-3, ddim_steps=3)   # tests only: few iterations, a large step
@@ -141,7 +148,7 @@ def test_uce_value_only_and_tensor_technique(pipe, original):
     tok = edit_tokens(TextEncoder(pipe.text_encoder, pipe.tokenizer), ["nudity", "naked"], ["a", "b"], [])
     W = next(iter(cross_attention_projections(pipe.unet).values())).weight.detach()
     v = targets(W, tok, "tensor")
-    for vs, es in zip(v.split(tok.sizes), (tok.erase @ W.T).split(tok.sizes)):
+    for vs, es in zip(v.split(tok.sizes), (tok.erase @ W.T).split(tok.sizes), strict=True):
         assert abs(float((vs * es).sum())) < 1e-4 * float(vs.norm() * es.norm())   # v* ⟂ W c, per erase text
     assert not torch.allclose(v, targets(W, tok, "replace"))
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -216,7 +216,7 @@ def _token_rows(ams, batch: TokenizedBatch, sigma: torch.Tensor, rho: float) -> 
     words = {pos: ams.encoder.word_text(batch.input_ids[0, w].tolist()) for w in batch.words(0) for pos in w}
     return [{"position": pos, "token": batch.tokens[0][pos], "word": words.get(pos, ""),
              "sigma": float(sigma[0, pos]), "radius": rho * float(sigma[0, pos]), "nearest_token_distance": d}
-            for pos, d in zip(positions, nearest)]
+            for pos, d in zip(positions, nearest, strict=True)]
 
 
 def sample_encodings(ams, batch: TokenizedBatch, sigma: torch.Tensor, n: int,  # noqa: ANN001

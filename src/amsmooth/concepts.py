@@ -54,8 +54,8 @@ def read_pairs(path: str | Path, positive_column: str | None = None,
     if positive_column is None and negative_column is None:
         found = [c for c in KNOWN_COLUMNS if c[0] in header and c[1] in header]
         if not found:
-            raise AmsmoothError(f"{path}: cannot tell the positive/negative columns (found: {', '.join(header) or 'none'}); "
-                                "pass --positive-column and --negative-column")
+            raise AmsmoothError(f"{path}: cannot tell the positive/negative columns "
+                                f"(found: {', '.join(header) or 'none'}); pass --positive-column and --negative-column")
         positive_column, negative_column = found[0]
     for col in (positive_column, negative_column):
         if col not in header:
@@ -98,7 +98,7 @@ class Concept:
     @classmethod
     def from_pairs(cls, encoder: TextEncoder, path: str | Path, *, name: str | None = None,
                    positive_column: str | None = None, negative_column: str | None = None,
-                   batch_size: int = 32) -> "Concept":
+                   batch_size: int = 32) -> Concept:
         """Compute Δ_tgt from a pairs CSV with this encoder."""
         pos, neg, digest = read_pairs(path, positive_column, negative_column)
         with torch.no_grad():
@@ -125,7 +125,7 @@ class Concept:
         atomic_write_bytes(path, save({"direction": self.direction.float().contiguous()}, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | Path, encoder: TextEncoder | None = None) -> "Concept":
+    def load(cls, path: str | Path, encoder: TextEncoder | None = None) -> Concept:
         """Read a saved concept; with ``encoder``, check it was built for that encoder."""
         from safetensors import safe_open
 
@@ -149,7 +149,7 @@ class Concept:
         return concept
 
     @classmethod
-    def builtin(cls, name: str, encoder: TextEncoder) -> "Concept":
+    def builtin(cls, name: str, encoder: TextEncoder) -> Concept:
         """A shipped concept (nudity, violence, vangogh), built for ``encoder`` on first use and cached."""
         if name not in BUILTIN:
             raise AmsmoothError(f"unknown concept {name!r}; built-in: {', '.join(BUILTIN)}, or a .safetensors path")

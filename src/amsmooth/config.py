@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .errors import AmsmoothError
@@ -54,7 +54,7 @@ class SmoothingConfig:
         d["concepts"] = list(self.concepts)
         return d
 
-    def replace(self, **changes: Any) -> "SmoothingConfig":
+    def replace(self, **changes: Any) -> SmoothingConfig:
         return replace(self, **changes)
 
 

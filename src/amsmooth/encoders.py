@@ -9,13 +9,14 @@ import contextlib
 import hashlib
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
 from .errors import AmsmoothError
+from .hub import hub_offline
 
 _CLIP_TYPES = {"clip_text_model", "clip"}
 _T5_TYPES = {"t5", "mt5", "umt5"}
@@ -50,10 +51,6 @@ class TokenizedBatch:
             if w >= 0:
                 groups.setdefault(w, []).append(pos)
         return [groups[w] for w in sorted(groups)]
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
 
 
 def _load_error(source: str, err: Exception) -> AmsmoothError:
@@ -142,12 +139,12 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, *, max_length: int | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                        local_files_only: bool | None = None) -> "TextEncoder":
+                        local_files_only: bool | None = None) -> TextEncoder:
         """Load from a Hugging Face id, a diffusers pipeline folder or a plain model folder."""
         from transformers import AutoConfig, AutoTokenizer
 
         source = str(source)
-        local_only = _offline() if local_files_only is None else local_files_only
+        local_only = hub_offline(local_files_only)
         path, sub_model, sub_tok = _locate(source, local_only)
         kw = {"local_files_only": local_only}
         try:
@@ -157,7 +154,7 @@ class TextEncoder:
             tokenizer = AutoTokenizer.from_pretrained(path, subfolder=sub_tok or "", use_fast=True, **kw)
         except AmsmoothError:
             raise
-        except (OSError, ValueError, EnvironmentError) as e:
+        except (OSError, ValueError) as e:
             raise _load_error(source, e) from None
         if device is not None:
             model = model.to(device)
@@ -253,7 +250,7 @@ class TextEncoder:
             dropped.append(self.tokenizer.decode(ids[len(kept):]).strip() if len(ids) > len(kept) else "")
             content_ids.append(list(kept))
             word_index[b, P:P + len(kept)] = torch.tensor(words[: len(kept)], dtype=torch.long)
-        for p, d in zip(prompts, dropped):
+        for d in dropped:
             if d:
                 warnings.warn(f"prompt longer than {L} tokens, truncated as the pipeline does; dropped: {d!r}",
                               stacklevel=2)

@@ -9,16 +9,20 @@ Pickles are never unpickled: ``.pt`` files are read with ``torch.load(weights_on
 """
 from __future__ import annotations
 
-import inspect
-import os
 import re
-import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import AmsmoothError
+from .assembly import assemble_pipeline  # re-exported: amsmooth.loading.assemble_pipeline is public
+from .errors import AmsmoothError, first_line
+from .hub import fetch_error, hub_offline
+from .tiny import tiny_pipeline
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 _LDM_UNET_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.")
@@ -47,21 +51,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _offline(local_files_only: bool | None) -> bool:
-    if local_files_only is not None:
-        return local_files_only
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
-    return env or bool(constants.HF_HUB_OFFLINE)
-
-
 # ------------------------------------------------------------------------------------------------ pipelines
 
 def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | None = None,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   img2img: bool = False, local_files_only: bool | None = None,
-                  transformer: str | None = None):  # noqa: ANN201 - a pipeline
+                  transformer: str | None = None) -> DiffusionPipeline:
     """A Stable Diffusion (1.x/2.x) text-to-image or img2img pipeline, optionally with unlearned weights.
 
     model: Hugging Face id, local diffusers folder, "tiny" (random, for tests) or "lab" (the lab model trained
@@ -73,7 +68,7 @@ def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | No
     dev = resolve_device(device) if isinstance(device, str) else device
     from .families.loading import family_of_source, load_family_pipeline
 
-    family = family_of_source(model, _offline(local_files_only))
+    family = family_of_source(model, hub_offline(local_files_only))
     if family is not None or transformer:
         return load_family_pipeline(model, family or "", unet=unet, transformer=transformer,
                                     text_encoder=text_encoder, device=dev, dtype=dtype,
@@ -91,27 +86,8 @@ def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | No
     return pipe.to(dev)
 
 
-def assemble_pipeline(cls: type, modules: Mapping[str, Any]):  # noqa: ANN201 - an instance of cls
-    """``cls`` (a diffusers SD pipeline class) built from already loaded ``modules``, shared, not copied.
-
-    No safety checker (raw outputs), no progress bar. diffusers raises a U-Net ``sample_size`` below 64 to 64 in
-    the constructor, on the shared U-Net's config, which changes the default image size of every pipeline using
-    it (the tiny one: 64 px → 128 px); the U-Net's own value is put back.
-    """
-    accepted = inspect.signature(cls.__init__).parameters
-    parts = {k: v for k, v in modules.items() if k in accepted}
-    parts.update(safety_checker=None, feature_extractor=None)
-    sample_size = parts["unet"].config.sample_size
-    with warnings.catch_warnings():  # the warning about that sample_size
-        warnings.simplefilter("ignore", FutureWarning)
-        pipe = cls(**parts, requires_safety_checker=False)
-    pipe.unet.register_to_config(sample_size=sample_size)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None,
-                   img2img: bool, replaced_unet: bool = False):  # noqa: ANN202
+                   img2img: bool, replaced_unet: bool = False) -> DiffusionPipeline:
     """The text-to-image pipeline; for "tiny", tiny_pipeline builds the img2img one itself."""
     if model == "tiny":
         return _tiny(dtype, img2img)
@@ -125,15 +101,15 @@ def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None
     if not Path(model).is_dir() and not (_HUB_ID.match(model) and model.count("/") == 1):
         raise AmsmoothError(f"model '{model}' is neither a local diffusers folder (with model_index.json) nor a "
                             f"Hugging Face id like CompVis/stable-diffusion-v1-4")
-    offline = _offline(local_files_only)
+    offline = hub_offline(local_files_only)
     try:
         return StableDiffusionPipeline.from_pretrained(
-            model, safety_checker=None, requires_safety_checker=False, local_files_only=offline, **_dtype_kw(dtype))
+            model, safety_checker=None, requires_safety_checker=False, local_files_only=offline, **dtype_kwargs(dtype))
     except (OSError, ValueError) as e:
-        raise _fetch_error("model", model, offline, e) from None
+        raise fetch_error("model", model, offline, e) from None
 
 
-def _dtype_kw(dtype: torch.dtype) -> dict[str, torch.dtype]:
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """diffusers renamed from_pretrained's torch_dtype to dtype (huggingface/diffusers#14205; the old name warns)."""
     from diffusers.utils import deprecation_utils
 
@@ -141,31 +117,8 @@ def _dtype_kw(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
 
 def _tiny(dtype: torch.dtype, img2img: bool):  # noqa: ANN202
-    from .tiny import tiny_pipeline
-
     pipe = tiny_pipeline(img2img=img2img)  # float32; casting it anyway makes diffusers log a spurious warning
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
-
-
-def _fetch_error(what: str, source: str, offline: bool, err: Exception) -> AmsmoothError:
-    if Path(source).exists():
-        return AmsmoothError(f"cannot load {what} from {source}: {_first_line(err)}")
-    if offline:
-        return AmsmoothError(
-            f"cannot load {what} '{source}': offline (HF_HUB_OFFLINE=1 or local_files_only) and not in the "
-            f"Hugging Face cache; run `hf download {_repo(source)}` where you have internet, or pass "
-            f"the path of a local diffusers folder instead of the id")
-    return AmsmoothError(f"cannot load {what} '{source}' from the Hugging Face Hub: {_first_line(err)}; "
-                         f"check the id, or pass the path of a local diffusers folder")
-
-
-def _first_line(err: Exception) -> str:
-    lines = [s for s in str(err).splitlines() if s.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def _repo(source: str) -> str:
-    return "/".join(source.split("/")[:2])
 
 
 # ------------------------------------------------------------------------------------------------ U-Net
@@ -177,7 +130,7 @@ def load_unet_weights(unet: torch.nn.Module, path: str, *, local_files_only: boo
     ``owner/repo[/subfolder]``, a ``.safetensors`` file, or a ``.pt``/``.pth``/``.ckpt``/``.bin`` state dict in the
     diffusers or CompVis/LDM layout. Raises AmsmoothError, with the U-Net unchanged, if anything does not fit.
     """
-    kind = _source_kind(path)
+    kind = source_kind(path)
     if kind == "file":
         state, layout = unet_state_dict(read_state_dict(path), unet.config, path)
         apply_state_dict(unet, state, f"{path} ({layout} layout)", "U-Net")
@@ -212,7 +165,7 @@ def _convert_ldm_unet(ldm: dict[str, torch.Tensor], config: Mapping[str, Any],
         out = convert_ldm_unet_checkpoint(ldm, dict(config))
     except (KeyError, IndexError, ValueError) as e:
         raise AmsmoothError(f"{source}: cannot convert its CompVis/LDM U-Net weights for the pipeline's U-Net "
-                            f"({type(e).__name__}: {_first_line(e)})") from None
+                            f"({type(e).__name__}: {first_line(e)})") from None
     used = {id(v) for v in out.values()}
     unused = [k for k, v in ldm.items() if id(v) not in used]
     if unused:
@@ -225,12 +178,12 @@ def _pretrained_unet(path: str, kind: str, dtype: torch.dtype, local_files_only:
     from diffusers import UNet2DConditionModel
 
     where, sub = _pretrained_location(path, kind, "unet", "diffusion_pytorch_model")
-    offline = _offline(local_files_only)
+    offline = hub_offline(local_files_only)
     try:
         return UNet2DConditionModel.from_pretrained(where, subfolder=sub, local_files_only=offline,
-                                                    **_dtype_kw(dtype))
+                                                    **dtype_kwargs(dtype))
     except (OSError, ValueError) as e:
-        raise _fetch_error("a U-Net", path, offline, e) from None
+        raise fetch_error("a U-Net", path, offline, e) from None
 
 
 # ------------------------------------------------------------------------------------------------ text encoder
@@ -244,7 +197,7 @@ def load_text_encoder_weights(pipe, path: str, *, local_files_only: bool | None 
     encoder unchanged, if anything does not fit.
     """
     target = pipe.text_encoder
-    kind = _source_kind(path)
+    kind = source_kind(path)
     if kind == "file":
         state = _text_encoder_keys(_tensors(_unwrap(read_state_dict(path), path), path), target)
         apply_state_dict(target, state, path, "text encoder")
@@ -276,17 +229,17 @@ def _strip(key: str, prefixes: tuple[str, ...]) -> str:
 
 def _pretrained_text_encoder(path: str, kind: str, cls: type, local_files_only: bool | None):  # noqa: ANN202
     where, sub = _pretrained_location(path, kind, "text_encoder", "model")
-    offline = _offline(local_files_only)
+    offline = hub_offline(local_files_only)
     kwargs = {"subfolder": sub} if sub else {}
     try:
         return cls.from_pretrained(where, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as e:
-        raise _fetch_error("a text encoder", path, offline, e) from None
+        raise fetch_error("a text encoder", path, offline, e) from None
 
 
 # ------------------------------------------------------------------------------------------------ files
 
-def _source_kind(path: str) -> str:
+def source_kind(path: str) -> str:
     """'file', 'folder' or 'hub' — or an AmsmoothError saying why it is none of them."""
     p = Path(path).expanduser()
     if p.is_file():
@@ -324,7 +277,7 @@ def read_state_dict(path: str) -> dict[str, Any]:
         try:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError) as e:
-            raise AmsmoothError(f"cannot read {path} as safetensors: {_first_line(e)}") from None
+            raise AmsmoothError(f"cannot read {path} as safetensors: {first_line(e)}") from None
     return _torch_load(path)
 
 
@@ -338,7 +291,7 @@ def _torch_load(path: str) -> dict[str, Any]:
             f"{path} holds Python objects besides tensors ({_unpickler_reason(e)}) and is not unpickled, for "
             f"safety; re-save just its state dict (of tensors), or convert it to .safetensors") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise AmsmoothError(f"cannot read {path} as a torch state dict: {_first_line(e)[:200]}") from None
+        raise AmsmoothError(f"cannot read {path} as a torch state dict: {first_line(e)[:200]}") from None
     if not isinstance(obj, Mapping):
         raise AmsmoothError(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
     return dict(obj)

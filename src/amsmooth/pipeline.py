@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -38,6 +39,18 @@ class DefendedOutput:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def execution_device(pipe: Any) -> torch.device:
+    """The device ``pipe``'s models compute on (where latents and prompt embeddings must be created).
+
+    diffusers has no public name for it: ``DiffusionPipeline._execution_device``, the property diffusers' own
+    ``__call__`` uses, follows CPU and group offloading, where the public ``pipe.device`` says cpu. This is the one
+    place amsmooth reads it from outside a pipeline class; pipelines without it answer ``pipe.device``.
+    """
+    if hasattr(pipe, "_execution_device"):
+        return pipe._execution_device
+    return pipe.device
 
 
 def derive_generator(generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Generator | None:
@@ -84,14 +97,14 @@ def unet_median_smoothing(unet: torch.nn.Module, conds: torch.Tensor, max_batch:
             c = conds[s:s + max(1, max_batch // N)]
             m = c.shape[0]
             tt = t.repeat(m) if torch.is_tensor(t) and t.ndim == 1 else t
-            out = original(cond_x.repeat(m, *[1] * (cond_x.ndim - 1)), tt,
+            out = original(cond_x.repeat(m, *[1] * (cond_x.ndim - 1)), tt, *args,
                            encoder_hidden_states=c.reshape(m * N, *c.shape[2:]).to(sample.dtype),
-                           *args, return_dict=False, **kwargs)[0]
+                           return_dict=False, **kwargs)[0]
             preds.append(out.reshape(m, N, *out.shape[1:]))
         cond_pred = median_smooth(torch.cat(preds))
         if rows == 2 * N:
             t_u = timestep[:N] if torch.is_tensor(timestep) and timestep.ndim == 1 else timestep
-            uncond = original(sample[:N], t_u, encoder_hidden_states=encoder_hidden_states[:N], *args,
+            uncond = original(sample[:N], t_u, *args, encoder_hidden_states=encoder_hidden_states[:N],
                               return_dict=False, **kwargs)[0]
             cond_pred = torch.cat([uncond, cond_pred])
         if return_dict:
@@ -129,7 +142,7 @@ class DefendedPipeline:
 
     @classmethod
     def from_pipeline(cls, pipe: Any, concepts: Sequence[str | Concept] = ("nudity",),
-                      config: SmoothingConfig | None = None, stage: str = "text") -> "DefendedPipeline":
+                      config: SmoothingConfig | None = None, stage: str = "text") -> DefendedPipeline:
         """Defend ``pipe`` against ``concepts`` (built-in names, .safetensors paths or Concept objects).
 
         A diffusers SD 1.x/2.x, SDXL, SD3 or Flux pipeline gets its family's defended class (a real diffusers
@@ -144,12 +157,12 @@ class DefendedPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device if hasattr(self.pipe, "_execution_device") else self.pipe.device
+        return execution_device(self.pipe)
 
     # ------------------------------------------------------------------ conditioning
     def conditioning(self, prompts: list[str], negative: list[str],
-                     smoothing_generator: torch.Generator | Sequence[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor, list[dict],
-                                                                            torch.Tensor | None]:
+                     smoothing_generator: torch.Generator | Sequence[torch.Generator] | None,
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[dict], torch.Tensor | None]:
         """(cond ``[B, L, D]``, negative ``[B, L, D]``, relevance per prompt, U-Net-stage conds ``[n, B, L, D]``)."""
         batch = self.encoder.tokenize(prompts)
         negative_embeds = self.encoder.encode(negative)
@@ -157,7 +170,7 @@ class DefendedPipeline:
             return self.encoder.encode(batch), negative_embeds, [], None
         with torch.no_grad():
             rel = self.ams.scores(batch)
-            info = [self.ams._describe(batch, rel, b) for b in range(len(batch))]
+            info = [self.ams.describe(batch, rel, b) for b in range(len(batch))]
             if self.stage == "text":
                 return self.ams.smooth(batch, rel.sigma, smoothing_generator), negative_embeds, info, None
             plain = self.encoder.encode(batch)

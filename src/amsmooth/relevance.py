@@ -5,7 +5,7 @@ DiffEmbed(y, i) = T(y) − T(y without token i); sim = cos(DiffEmbed, Δ_tgt) ov
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 

@@ -1,8 +1,8 @@
 """Adaptive Median Smoothing at the text-encoding stage (Sec. 3.4): relevance → σ → n noisy encodings → median."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -140,9 +140,10 @@ class AdaptiveMedianSmoothing:
         batch = self.encoder.tokenize(prompts)
         with torch.no_grad():
             rel = self.scores(batch)
-        return [self._describe(batch, rel, b) for b in range(len(batch))]
+        return [self.describe(batch, rel, b) for b in range(len(batch))]
 
-    def _describe(self, batch: TokenizedBatch, rel: Relevance, b: int) -> dict:
+    def describe(self, batch: TokenizedBatch, rel: Relevance, b: int) -> dict:
+        """The :meth:`relevance` record of prompt ``b`` of ``batch``, from its already computed scores ``rel``."""
         tokens = []
         for w_index, positions in enumerate(batch.words(b)):
             word = self.encoder.word_text(batch.input_ids[b, positions].tolist())

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .assembly import assemble_pipeline
+
 TINY_SEED = 0
 
 
@@ -64,8 +66,6 @@ def tiny_components(seed: int = TINY_SEED) -> dict:
 def tiny_pipeline(seed: int = TINY_SEED, img2img: bool = False):  # noqa: ANN201 - a diffusers pipeline
     """A random tiny ``StableDiffusionPipeline`` (or the img2img one), 64 px images by default (32-latent U-Net)."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-
-    from .loading import assemble_pipeline
 
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
     return assemble_pipeline(cls, tiny_components(seed))

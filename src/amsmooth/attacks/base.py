@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -151,7 +152,10 @@ class TextAttack:
             return self.encoder.tokenize([""]), ""
         ids = self.encoder.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         room = self.encoder.max_content
-        fits = (lambda n: self.layout.total(n, self.config.tokens) <= room)
+
+        def fits(n: int) -> bool:
+            return self.layout.total(n, self.config.tokens) <= room
+
         text, batch = prompt, (self.encoder.tokenize([prompt]) if fits(len(ids)) else None)
         while batch is None or not fits(len(batch.content_ids[0])):   # decoded text can re-tokenize longer
             ids = ids[:-1]

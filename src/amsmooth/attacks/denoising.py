@@ -11,8 +11,9 @@ drawn from the attack's generator; the mean over ``[C, h, w]`` is the squared er
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

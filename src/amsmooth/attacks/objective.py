@@ -17,7 +17,8 @@ one, so at σ0 = 0 (where AMS returns T(y) itself) it reproduces the plain attac
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -23,8 +23,9 @@ Three searches, as in the reference:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -222,7 +223,7 @@ class QFAttack(TextAttack):
             z = objective.draw(generator)
             todo = [c for c in dict.fromkeys(children) if objective.adaptive or c not in scores]
             if todo:
-                scores.update(zip(todo, objective.text_losses(self._texts(kept, todo), z).tolist()))
+                scores.update(zip(todo, objective.text_losses(self._texts(kept, todo), z).tolist(), strict=True))
             pool = sorted(dict.fromkeys(children), key=lambda c: scores[c])[: self.config.population]
             best = min(scores.values())
             history.append(best)

@@ -109,7 +109,7 @@ def genetic_search(objective: TextObjective, prefix: TokenizedBatch, vocabulary:
         order = torch.argsort(losses, stable=True)[: max(1, config.population // 2)]
         population, best = population[order], float(losses[order[0]])
         if objective.pool is not None:                  # adaptive re-ranking: offer the generation's best
-            for row, value in zip(population[: objective.pool.size].tolist(), losses[order].tolist()):
+            for row, value in zip(population[: objective.pool.size].tolist(), losses[order].tolist(), strict=False):
                 objective.record(row, value)
         survivors = {tuple(row) for row in population.tolist()}
         cache = {k: v for k, v in cache.items() if k in survivors}
@@ -130,7 +130,7 @@ def _fitness(objective: TextObjective, prefix: TokenizedBatch, population: torch
         return objective.losses(prefix, keys, z)
     todo = list(dict.fromkeys(k for k in keys if k not in cache))
     if todo:
-        cache.update(zip(todo, objective.losses(prefix, todo, z).tolist()))
+        cache.update(zip(todo, objective.losses(prefix, todo, z).tolist(), strict=True))
     return torch.tensor([cache[k] for k in keys])
 
 

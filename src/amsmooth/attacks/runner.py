@@ -13,8 +13,9 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -138,9 +139,9 @@ def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Pat
         total = attack.total_steps() if hasattr(attack, "total_steps") else attack.config.iterations
         inner = tqdm(total=total, desc=f"case {case.case_number}", leave=False, disable=not progress)
 
-        def tick(step: int, best: float) -> None:
-            inner.update(step - inner.n)
-            inner.set_postfix(loss=f"{best:.4g}")
+        def tick(step: int, best: float, bar: tqdm = inner) -> None:  # bar: this case's, bound now
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{best:.4g}")
 
         result = attack.run_case(case, torch.Generator().manual_seed(case_seed(seed, case.case_number)), tick)
         inner.close()

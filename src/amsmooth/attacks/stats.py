@@ -1,8 +1,8 @@
 """Bootstrap confidence intervals for attack summaries and paired comparisons (percentile bootstrap, seeded)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -7,13 +7,15 @@ is kept in memory (a rerun of the same case reuses it).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ..errors import AmsmoothError
 from ..prompts import PromptCase
+
 
 def check_target_folder(folder: str | Path, cases: Sequence[PromptCase]) -> None:
     """Refuse, before any work, a missing folder or a case without ``{folder}/{case_number}.png``."""
@@ -64,7 +66,7 @@ class TargetLatents:
 
     def _generate(self, case: PromptCase) -> torch.Tensor:
         """The original model's image of the source prompt, as the denoised latent (no decode/encode round trip)."""
-        from ..eval.runner import GenerationSettings   # the data contract's seed and guidance, as `amsmooth eval`
+        from ..eval.runner import GenerationSettings  # the data contract's seed and guidance, as `amsmooth eval`
 
         gen = GenerationSettings(steps=self.steps, height=self.height, width=self.width)
         with torch.no_grad():

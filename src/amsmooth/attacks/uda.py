@@ -1,5 +1,6 @@
 """UnlearnDiffAtk (Zhang et al., ECCV 2024), as released in OPTML-Group/Diffusion-MU-Attack
-(``src/attackers/text_grad_.py``, ``src/tasks/classifier_.py``, ``configs/nudity/text_grad_esd_nudity_classifier.json``).
+(``src/attackers/text_grad_.py``, ``src/tasks/classifier_.py``,
+``configs/nudity/text_grad_esd_nudity_classifier.json``).
 
 K = 5 tokens are *prepended* to the prompt. Their choice is a relaxed one-hot u ``[K, V]`` over the whole
 vocabulary (every non-special token), kept on the probability simplex: each step samples one token per position

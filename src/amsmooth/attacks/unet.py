@@ -76,14 +76,14 @@ class DiffusionModels:
 
     @classmethod
     def of(cls, pipe: Any, unet: torch.nn.Module | None = None,
-           source: dict[str, Any] | None = None) -> "DiffusionModels":
+           source: dict[str, Any] | None = None) -> DiffusionModels:
         """From a loaded pipeline (its U-Net is the original) and the attacked U-Net (default: the original)."""
         encoder = TextEncoder(pipe.text_encoder, pipe.tokenizer, name=type(pipe.text_encoder).__name__)
         return cls(pipe, pipe.unet if unet is None else unet, pipe.unet, encoder, dict(source or {}))
 
     @classmethod
     def load(cls, model: str, unet: str | None = None, keep_original: bool = True,
-             device: str | torch.device = "cpu") -> "DiffusionModels":
+             device: str | torch.device = "cpu") -> DiffusionModels:
         """Load ``model`` (id, folder or "tiny") and the unlearned U-Net at ``unet`` as ``amsmooth generate`` does;
         the original U-Net is kept as a second module only when ``keep_original``."""
         from ..loading import load_pipeline, load_unet_weights
@@ -108,7 +108,7 @@ class DiffusionModels:
         return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
 
 
-def generate_image(models: "DiffusionModels", text: str, case: PromptCase, steps: int, height: int, width: int,
+def generate_image(models: DiffusionModels, text: str, case: PromptCase, steps: int, height: int, width: int,
                    smoothing: AdaptiveMedianSmoothing | None = None,
                    noise: torch.Generator | None = None) -> Any:
     """One image (PIL) of ``text`` by the *attacked* U-Net, the case's seed and guidance (through AMS when

@@ -17,8 +17,8 @@ every ``every`` source tokens).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -56,7 +56,7 @@ def _scan(encoder: TextEncoder, kind: str) -> torch.Tensor:
         kept = [i for i in ids if i not in special]
     else:
         back = tok(tok.batch_decode([[i] for i in ids]), add_special_tokens=False)["input_ids"]
-        kept = [i for i, b in zip(ids, back) if b == [i] and i not in special]
+        kept = [i for i, b in zip(ids, back, strict=True) if b == [i] and i not in special]
     if not kept:
         raise AmsmoothError(f"{encoder.name}: no searchable token in the vocabulary ({kind})")
     return torch.tensor(kept, dtype=torch.long)
@@ -171,7 +171,7 @@ def candidate_batch(encoder: TextEncoder, prefix: TokenizedBatch, suffixes: Sequ
     B, L = len(contents), encoder.max_length
     content_mask = torch.zeros(B, L, dtype=torch.bool)
     word_index = torch.full((B, L), -1, dtype=torch.long)
-    for b, (c, a) in enumerate(zip(contents, adv)):
+    for b, (c, a) in enumerate(zip(contents, adv, strict=True)):
         content_mask[b, start:start + len(c)] = True
         adv_pos = set(layout.positions(len(base), len(a)))
         w, last, src = -1, None, iter(base_words)

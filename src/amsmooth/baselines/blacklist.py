@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import AmsmoothError
 
@@ -66,11 +67,11 @@ class Blacklist:
         self._regex = re.compile(rf"(?<!\w)(?:{alternatives})(?:['’]s)?(?!\w)", re.IGNORECASE)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Blacklist":
+    def from_file(cls, path: str | Path) -> Blacklist:
         return cls(read_word_list(path), source=str(path))
 
     @classmethod
-    def default(cls) -> "Blacklist":
+    def default(cls) -> Blacklist:
         return cls(read_word_list(default_list_path()), source="amsmooth default list")
 
     def __len__(self) -> int:

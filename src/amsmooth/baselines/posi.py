@@ -8,8 +8,9 @@ Decoding is greedy, so a rewrite is deterministic.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -43,7 +44,7 @@ class CausalLMRewriter:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None, device: str | torch.device | None = None,
-                        **kwargs: Any) -> "CausalLMRewriter":
+                        **kwargs: Any) -> CausalLMRewriter:
         """Load tokenizer and model from a local folder (never downloads); clear error when none is given."""
         if not folder:
             raise AmsmoothError("the POSI baseline needs a fine-tuned causal language model: give --posi-model "

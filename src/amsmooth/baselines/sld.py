@@ -13,7 +13,8 @@ whole denoising loop. With the embeddings of the plain prompt this reproduces pl
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def safe_pipeline(pipe: Any):  # noqa: ANN201 - StableDiffusionPipelineSafe
     """``StableDiffusionPipelineSafe`` sharing ``pipe``'s modules, without a safety checker (raw outputs)."""
     from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 
-    from ..loading import assemble_pipeline
+    from ..assembly import assemble_pipeline
 
     return assemble_pipeline(StableDiffusionPipelineSafe, pipe.components)
 
@@ -76,7 +77,7 @@ class SLDPipeline:
         self.preset = sld_preset(preset)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, preset: str) -> "SLDPipeline":
+    def from_pipeline(cls, pipe: Any, preset: str) -> SLDPipeline:
         return cls(safe_pipeline(pipe), preset)
 
     def __getattr__(self, name: str) -> Any:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AmsmoothError
 from ..prompts import PromptCase, read_prompts_file
 from .common import add_concept_args, add_encoder_args, add_smoothing_args, load_encoder, smoothing_config
 
 if TYPE_CHECKING:
+    from ..attacks.unet import UNetAttack
     from ..concepts import Concept
     from ..encoders import TextEncoder
 
@@ -189,7 +191,7 @@ def _concept_and_defense(args: argparse.Namespace, encoder: TextEncoder) -> tupl
 
 
 def build_unet_attack(args: argparse.Namespace, cls: type, config: Any,
-                      cases: Sequence[PromptCase]):  # noqa: ANN201 - an UNetAttack
+                      cases: Sequence[PromptCase]) -> UNetAttack:
     """UnlearnDiffAtk / P4D on --model's pipeline with the --unet U-Net attacked."""
     from ..attacks import DiffusionModels
     from ..attacks.targets import check_target_folder

@@ -11,8 +11,15 @@ import torch
 
 from ..certify import PromptCertificate, certify, check_arguments, typical_token_distance
 from ..smoothing import AdaptiveMedianSmoothing
-from .common import (add_concept_args, add_encoder_args, add_smoothing_args, collect_prompts, load_concepts,
-                     load_encoder, smoothing_config)
+from .common import (
+    add_concept_args,
+    add_encoder_args,
+    add_smoothing_args,
+    collect_prompts,
+    load_concepts,
+    load_encoder,
+    smoothing_config,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

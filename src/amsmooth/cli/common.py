@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..config import PRESETS, SmoothingConfig, preset
 from ..errors import AmsmoothError

@@ -93,9 +93,9 @@ def run_quality(args: argparse.Namespace) -> int:
 
 
 def run_table(args: argparse.Namespace) -> int:
-    from ..lab.table import Plan, Table
-
     from dataclasses import replace
+
+    from ..lab.table import Plan, Table
 
     plan = Plan.quick() if args.quick else Plan()
     changes = {k: (tuple(v) if isinstance(v, list) else v) for k in ("prompts", "attack_prompts", "seeds", "sets",

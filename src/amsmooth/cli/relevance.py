@@ -8,8 +8,16 @@ import sys
 import warnings
 
 from ..smoothing import AdaptiveMedianSmoothing
-from .common import (add_concept_args, add_encoder_args, add_smoothing_args, collect_prompts, is_family,
-                     load_concepts, load_encoder, smoothing_config)
+from .common import (
+    add_concept_args,
+    add_encoder_args,
+    add_smoothing_args,
+    collect_prompts,
+    is_family,
+    load_concepts,
+    load_encoder,
+    smoothing_config,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,8 +5,9 @@ folder holding a transformers CLIP checkpoint, e.g. ``openai/clip-vit-large-patc
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ CLIP_HINT = ("give a local folder with a transformers CLIP checkpoint (e.g. down
              "with `hf download` on a machine with internet) or a Hugging Face id while online")
 
 
-def _load(what: str, loader, source: str, **kwargs):  # noqa: ANN001, ANN202
+def _load(what: str, loader, source: str, **kwargs: Any):  # noqa: ANN001, ANN202 - a transformers class / model
     if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
         raise AmsmoothError(f"cannot load {what}: no such folder {source}; {CLIP_HINT}")
     try:
@@ -88,7 +89,7 @@ class ClipImageEncoder:
         self.processor = processor
 
     @classmethod
-    def from_pretrained(cls, source: str, device: str | torch.device | None = None) -> "ClipImageEncoder":
+    def from_pretrained(cls, source: str, device: str | torch.device | None = None) -> ClipImageEncoder:
         return cls(*load_clip_vision(source, device))
 
     @property

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class DefenseSpec:
 
     @classmethod
     def parse(cls, defense: str, ams: SmoothingConfig | None = None, stage: str = "text",
-              blacklist: str | None = None, posi_model: str | None = None) -> "DefenseSpec":
+              blacklist: str | None = None, posi_model: str | None = None) -> DefenseSpec:
         """From the CLI's ``--defense NAME`` (``ams`` = ``none`` + AMS) and AMS config; checks the combination."""
         if defense not in DEFENSES:
             raise AmsmoothError(f"unknown defense {defense!r}; choose one of: {', '.join(DEFENSES)} "
@@ -98,7 +99,7 @@ class DefenseSpec:
             return CausalLMRewriter.from_pretrained(self.posi_model, device=device).rewrite_one
         return None
 
-    def build(self, pipe: Any, device: torch.device | str | None = None) -> "Defense":
+    def build(self, pipe: Any, device: torch.device | str | None = None) -> Defense:
         """The runnable defense on a loaded SD pipeline (SLD shares its modules)."""
         settings, rewriter = self.settings(), self.rewriter(device)
         target = SLDPipeline.from_pipeline(pipe, self.base) if self.base in SLD_PRESETS else pipe

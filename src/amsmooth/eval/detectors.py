@@ -11,17 +11,17 @@ whether the image is *flagged* (counts towards the attack success rate).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ..errors import AmsmoothError
 from .clip import ClipImageEncoder, ImageLike, as_pil
-
 
 # The nine exposed classes of the paper (buttocks, female breast, female genitalia, anus, male genitalia,
 # male breast, belly, feet, armpits) in NudeNet 3.x's label names.
@@ -152,7 +152,7 @@ class Q16Detector:
 
     @classmethod
     def from_pretrained(cls, source: str, threshold: float = Q16_THRESHOLD,
-                        device: str | torch.device | None = None) -> "Q16Detector":
+                        device: str | torch.device | None = None) -> Q16Detector:
         """Q16 with the user's CLIP ViT-L/14 (Hugging Face id or local folder)."""
         return cls(ClipImageEncoder.from_pretrained(source, device), threshold=threshold, source=source)
 

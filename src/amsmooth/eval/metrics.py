@@ -8,9 +8,9 @@ Both feature models are injectable, so the arithmetic is testable without them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ class FeatureStats:
     n: int
 
     @classmethod
-    def from_features(cls, features: np.ndarray) -> "FeatureStats":
+    def from_features(cls, features: np.ndarray) -> FeatureStats:
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[0] < 2:
             raise AmsmoothError(f"FID needs at least 2 images per set, got {features.shape[0]}")
@@ -91,7 +91,7 @@ class FeatureStats:
         np.savez(path, mu=self.mu, sigma=self.sigma, n=np.int64(self.n))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureStats":
+    def load(cls, path: str | Path) -> FeatureStats:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["mu"], z["sigma"], int(z["n"]))
@@ -211,7 +211,7 @@ class ClipScore:
         self.scores: list[torch.Tensor] = []
 
     @classmethod
-    def from_pretrained(cls, source: str, device: str | torch.device | None = None) -> "ClipScore":
+    def from_pretrained(cls, source: str, device: str | torch.device | None = None) -> ClipScore:
         return cls(*load_clip(source, device), source=source)
 
     def update(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> torch.Tensor:

@@ -11,9 +11,10 @@ Table 2. The config keys read are ``model``
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import AmsmoothError
 from .store import ResultStore
@@ -115,7 +116,7 @@ def detector_rule(config: dict[str, Any]) -> str | None:
 def merge(summaries: Sequence[RunSummary]) -> list[Row]:
     """Pool runs into rows keyed by (model, defense label), in order of first appearance."""
     rows: dict[tuple[str, str], Row] = {}
-    for s, label in zip(summaries, defense_labels([s.config for s in summaries])):
+    for s, label in zip(summaries, defense_labels([s.config for s in summaries]), strict=True):
         row = rows.setdefault((model_label(s.config), label), Row(model_label(s.config), label))
         for name, (flagged, scored) in s.counts.items():
             c = row.counts.setdefault(name, [0, 0])

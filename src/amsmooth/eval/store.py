@@ -16,9 +16,10 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import AmsmoothError
 
@@ -165,7 +166,7 @@ class ResultStore:
         self._conn = conn
 
     @classmethod
-    def open(cls, run_dir: str | Path, config: dict[str, Any], volatile: Iterable[str] = ()) -> "ResultStore":
+    def open(cls, run_dir: str | Path, config: dict[str, Any], volatile: Iterable[str] = ()) -> ResultStore:
         """Open RUN_DIR for writing; the first call writes ``config.json``, later calls must match it.
 
         ``volatile`` names top-level config keys that may change between resumes (e.g. ``limit``); any other
@@ -191,7 +192,7 @@ class ResultStore:
             _refuse_other_config(Path(run_dir), _read_config(path), _canonical(config), volatile)
 
     @classmethod
-    def read(cls, run_dir: str | Path) -> "ResultStore":
+    def read(cls, run_dir: str | Path) -> ResultStore:
         """Open an existing RUN_DIR to read results (a run may still be writing to it)."""
         run_dir = Path(run_dir)
         if not (run_dir / CONFIG_NAME).is_file() or not (run_dir / DB_NAME).is_file():
@@ -279,7 +280,7 @@ class ResultStore:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

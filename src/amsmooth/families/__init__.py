@@ -13,12 +13,21 @@ from .bundle import ConceptBundle
 from .defense import FamilyDefense
 from .flux import DefendedFluxImg2ImgPipeline, DefendedFluxInpaintPipeline, DefendedFluxPipeline
 from .registry import FAMILIES, defend_pipeline, defended_class, family_of, undefended
-from .sd import (DefendedStableDiffusionImg2ImgPipeline, DefendedStableDiffusionInpaintPipeline,
-                 DefendedStableDiffusionPipeline)
-from .sd3 import (DefendedStableDiffusion3Img2ImgPipeline, DefendedStableDiffusion3InpaintPipeline,
-                  DefendedStableDiffusion3Pipeline)
-from .sdxl import (DefendedStableDiffusionXLImg2ImgPipeline, DefendedStableDiffusionXLInpaintPipeline,
-                   DefendedStableDiffusionXLPipeline)
+from .sd import (
+                 DefendedStableDiffusionImg2ImgPipeline,
+                 DefendedStableDiffusionInpaintPipeline,
+                 DefendedStableDiffusionPipeline,
+)
+from .sd3 import (
+                 DefendedStableDiffusion3Img2ImgPipeline,
+                 DefendedStableDiffusion3InpaintPipeline,
+                 DefendedStableDiffusion3Pipeline,
+)
+from .sdxl import (
+                 DefendedStableDiffusionXLImg2ImgPipeline,
+                 DefendedStableDiffusionXLInpaintPipeline,
+                 DefendedStableDiffusionXLPipeline,
+)
 
 __all__ = ["ConceptBundle", "DefendedFluxImg2ImgPipeline", "DefendedFluxInpaintPipeline", "DefendedFluxPipeline",
            "DefendedStableDiffusion3Img2ImgPipeline", "DefendedStableDiffusion3InpaintPipeline",

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -94,36 +95,38 @@ def text_stage(family: str, depth: int, n: int = 13) -> dict[str, dict[str, floa
     """Per encoder, seconds of its share of the plain and the AMS text stage at depth ``depth`` (and its encoder
     calls): each encoder is timed on its own so each can be extrapolated with its own real depth."""
     spec = FAMILY[family]
-    out: dict[str, dict[str, float]] = {}
-    for v in _views(family, depth):
-        L = spec["t5_len"] if v.slot.name == "t5" else v.max_length
-        sel = {"output_hidden_states": v.slot.output == "penultimate"}
-        ids = v.tokenize([PROMPT]).input_ids[:, :L]
-        empty = v.tokenize([""]).input_ids[:, :L]
-        t: dict[str, float] = {"text_cond": _timed(lambda: v.model(ids, **sel)),
-                               "text_uncond": _timed(lambda: v.model(empty, **sel)) if spec["uncond"] else 0.0}
-        defense = FamilyDefense.build([v], ["nudity"], SmoothingConfig(n=n))
-        lengths = {v.slot.name: L}
-        c0 = v.calls
-        t["relevance_cold"] = _timed(lambda: defense.plan([PROMPT], lengths=lengths))
-        t["calls_relevance_cold"], c0 = v.calls - c0, v.calls
-        t["relevance_warm"] = _timed(lambda: defense.plan([PROMPT], lengths=lengths))
-        t["calls_relevance_warm"] = v.calls - c0
-        plan = defense.plan([PROMPT], lengths=lengths)
-        noise = defense.noise(plan, n, torch.Generator().manual_seed(0))[0]
-        kept: list[torch.Tensor] = []
+    return {v.slot.name: _view_text_stage(v, spec, n) for v in _views(family, depth)}
 
-        def noisy() -> None:
-            with v.noise_hook(noise):
-                o = v.model(ids.repeat(n, 1), **sel)
-            kept[:] = [o.hidden_states[-2] if sel["output_hidden_states"] else o[0]]
 
-        t["noisy_encodings"] = _timed(noisy)
-        t["calls_noisy"] = 1
-        t["median"] = _timed(lambda: median_smooth(kept[0].reshape(n, 1, *kept[0].shape[1:])), repeat=3)
-        t["noisy_activation_mib"] = kept[0].numel() * kept[0].element_size() / 2**20
-        out[v.slot.name] = t
-    return out
+def _view_text_stage(v: EncoderView, spec: dict, n: int) -> dict[str, float]:
+    """One encoder's timings for :func:`text_stage` (its closures are timed here, on this encoder)."""
+    L = spec["t5_len"] if v.slot.name == "t5" else v.max_length
+    sel = {"output_hidden_states": v.slot.output == "penultimate"}
+    ids = v.tokenize([PROMPT]).input_ids[:, :L]
+    empty = v.tokenize([""]).input_ids[:, :L]
+    t: dict[str, float] = {"text_cond": _timed(lambda: v.model(ids, **sel)),
+                           "text_uncond": _timed(lambda: v.model(empty, **sel)) if spec["uncond"] else 0.0}
+    defense = FamilyDefense.build([v], ["nudity"], SmoothingConfig(n=n))
+    lengths = {v.slot.name: L}
+    c0 = v.calls
+    t["relevance_cold"] = _timed(lambda: defense.plan([PROMPT], lengths=lengths))
+    t["calls_relevance_cold"], c0 = v.calls - c0, v.calls
+    t["relevance_warm"] = _timed(lambda: defense.plan([PROMPT], lengths=lengths))
+    t["calls_relevance_warm"] = v.calls - c0
+    plan = defense.plan([PROMPT], lengths=lengths)
+    noise = defense.noise(plan, n, torch.Generator().manual_seed(0))[0]
+    kept: list[torch.Tensor] = []
+
+    def noisy() -> None:
+        with v.noise_hook(noise):
+            o = v.model(ids.repeat(n, 1), **sel)
+        kept[:] = [o.hidden_states[-2] if sel["output_hidden_states"] else o[0]]
+
+    t["noisy_encodings"] = _timed(noisy)
+    t["calls_noisy"] = 1
+    t["median"] = _timed(lambda: median_smooth(kept[0].reshape(n, 1, *kept[0].shape[1:])), repeat=3)
+    t["noisy_activation_mib"] = kept[0].numel() * kept[0].element_size() / 2**20
+    return t
 
 
 def denoiser_step(family: str, depth: tuple[int, ...], size: int, rows: int) -> float:
@@ -196,7 +199,8 @@ def run_family_benchmark(family: str, quick: bool = True, n: int = 13, log: Call
     if family == "flux":
         a, b, c = (denoiser_step(family, d, spec["size"], spec["rows"]) for d in ((1, 1), (2, 1), (1, 2)))
         rep.measured["step"] = {"(1,1)": a, "(2,1)": b, "(1,2)": c}
-        rep.step = a + (FLUX_DEV["num_layers"] - 1) * max(b - a, 0) + (FLUX_DEV["num_single_layers"] - 1) * max(c - a, 0)
+        rep.step = (a + (FLUX_DEV["num_layers"] - 1) * max(b - a, 0)
+                    + (FLUX_DEV["num_single_layers"] - 1) * max(c - a, 0))
     else:
         real_d = 10 if family == "sdxl" else SD3_MEDIUM["num_layers"]
         s1, s2 = (denoiser_step(family, (d,), spec["size"], spec["rows"]) for d in (d1, d2))
@@ -230,7 +234,8 @@ def format_family_report(rep: FamilyReport) -> str:
         lines.append(f"| {k} | {v:.1f} | {'—' if k == 'w/o defense' else f'{100 * (v / base - 1):+.2f} %'} | {tgt} |")
     lines += ["", f"Extrapolated linearly in depth from depths {s['depths']} (real: encoders "
               f"{s['encoder_depths']}, denoiser real depth; measured values in the JSON); VAE decode excluded.",
-              f"Denoiser step (projected): {rep.step:.2f} s. Text stage (projected, s): plain {t['text_cond'] + t['text_uncond']:.2f}, "
+              f"Denoiser step (projected): {rep.step:.2f} s. "
+              f"Text stage (projected, s): plain {t['text_cond'] + t['text_uncond']:.2f}, "
               f"relevance cold {t['relevance_cold']:.2f} / warm {t['relevance_warm']:.2f}, noisy "
               f"{t['noisy_encodings']:.2f}, median {t['median']:.3f}.",
               f"Encoder calls per prompt: relevance cold {int(t['calls_relevance_cold'])}, warm "

@@ -7,9 +7,9 @@ fingerprint per encoder; a single-encoder concept file fits the one encoder it w
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..concepts import BUILTIN, FORMAT, Concept, read_pairs
 from ..errors import AmsmoothError
@@ -27,7 +27,7 @@ class ConceptBundle:
     concepts: dict[str, Concept]
 
     @classmethod
-    def from_pairs(cls, views: Sequence[EncoderView], path: str | Path, name: str | None = None) -> "ConceptBundle":
+    def from_pairs(cls, views: Sequence[EncoderView], path: str | Path, name: str | None = None) -> ConceptBundle:
         """Δ_tgt per encoder from one pairs CSV."""
         read_pairs(path)  # one clear error before any encoding
         concepts = {v.slot.name: Concept.from_pairs(v, path, name=name) for v in views}
@@ -46,7 +46,7 @@ class ConceptBundle:
         atomic_write_bytes(Path(path), save(tensors, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ConceptBundle":
+    def load(cls, path: str | Path) -> ConceptBundle:
         """Read a bundle file, or a single-encoder concept file as a bundle of one (keyed ``*``)."""
         from safetensors import safe_open
 
@@ -82,7 +82,7 @@ class ConceptBundle:
         return c
 
 
-def resolve_bundle(spec: "str | Concept | ConceptBundle", view: EncoderView) -> Concept:
+def resolve_bundle(spec: str | Concept | ConceptBundle, view: EncoderView) -> Concept:
     """One encoder's direction of a concept given as a built-in name, a pairs CSV, a concept or bundle file, a
     :class:`Concept` or a :class:`ConceptBundle`."""
     if isinstance(spec, ConceptBundle):

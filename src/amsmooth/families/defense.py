@@ -9,8 +9,8 @@ encoder's token embeddings; the n noisy passes and the median happen in the pipe
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -70,7 +70,7 @@ class FamilyDefense:
 
     @classmethod
     def build(cls, views: Sequence[EncoderView], concepts: Sequence[str | Concept],
-              config: SmoothingConfig | None = None) -> "FamilyDefense":
+              config: SmoothingConfig | None = None) -> FamilyDefense:
         """Resolve ``concepts`` (built-in names, pairs CSVs, saved concept/bundle files, Concept objects) for
         every encoder; built-in directions are computed per encoder on first use and cached."""
         if not concepts:
@@ -142,7 +142,7 @@ class FamilyDefense:
         v, cfg = s.view, self.config
         if length > v.max_length:
             raise AmsmoothError(f"{v.slot.name}: sequence length {length} exceeds the encoder's {v.max_length}")
-        keep = v.max_length - len(v._prefix) - len(v._suffix) - (v.max_length - length)
+        keep = v.max_content - (v.max_length - length)
         mask = torch.zeros(len(s.texts), length, dtype=torch.bool)
         for b, ids in enumerate(s.batch.content_ids):
             mask[b, v.content_start:v.content_start + min(len(ids), keep)] = True
@@ -196,4 +196,4 @@ class FamilyDefense:
         sigma = torch.zeros_like(s.sim)
         sigma[:, :s.sigma.shape[1]] = s.sigma
         rel = Relevance(s.sim, s.rel.sim_local, s.rel.sim_global, sigma)
-        return self.ams[s.view.slot.name]._describe(s.batch, rel, b)["tokens"]
+        return self.ams[s.view.slot.name].describe(s.batch, rel, b)["tokens"]

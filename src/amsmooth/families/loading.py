@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import AmsmoothError
+from ..hub import fetch_error, hub_offline
 from .tiny import TINY_FAMILIES
 
 CLASS_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
@@ -73,7 +74,7 @@ def load_family_pipeline(model: str, family: str, *, unet: str | None = None, tr
                          local_files_only: bool | None = None) -> Any:
     """The (undefended) pipeline of ``model``, optionally with an unlearned U-Net (SDXL), transformer (SD3,
     Flux) or CLIP-L text encoder, on ``device``."""
-    from ..loading import _dtype_kw, _fetch_error, _offline, load_text_encoder_weights, load_unet_weights
+    from ..loading import dtype_kwargs, load_text_encoder_weights, load_unet_weights
 
     if family not in ("sdxl", "sd3", "flux"):
         raise AmsmoothError(f"a transformer replaces an SD3 or Flux transformer; {model} is not an SD3/Flux pipeline")
@@ -83,7 +84,7 @@ def load_family_pipeline(model: str, family: str, *, unet: str | None = None, tr
         raise AmsmoothError(f"{family} has a transformer, not a U-Net: pass --transformer instead of --unet")
     if transformer and family == "sdxl":
         raise AmsmoothError("SDXL has a U-Net, not a transformer: pass --unet instead of --transformer")
-    offline = _offline(local_files_only)
+    offline = hub_offline(local_files_only)
     cls = pipeline_class(family, kind)
     if model in TINY_FAMILIES:
         from .tiny import tiny_family_pipeline
@@ -94,11 +95,11 @@ def load_family_pipeline(model: str, family: str, *, unet: str | None = None, tr
     else:
         try:
             if Path(model).is_file():
-                pipe = cls.from_single_file(model, local_files_only=offline, **_dtype_kw(dtype))
+                pipe = cls.from_single_file(model, local_files_only=offline, **dtype_kwargs(dtype))
             else:
-                pipe = cls.from_pretrained(model, local_files_only=offline, **_dtype_kw(dtype))
-        except (OSError, ValueError, EnvironmentError) as e:
-            raise _fetch_error("model", model, offline, e) from None
+                pipe = cls.from_pretrained(model, local_files_only=offline, **dtype_kwargs(dtype))
+        except (OSError, ValueError) as e:
+            raise fetch_error("model", model, offline, e) from None
     if unet:
         load_unet_weights(pipe.unet, unet, local_files_only=local_files_only)
     if transformer:
@@ -114,9 +115,9 @@ def load_transformer_weights(transformer: torch.nn.Module, path: str) -> None:
     config.json + weights) or a ``.safetensors``/weights-only ``.pt`` state dict in the diffusers layout, or in
     the original layout (converted with diffusers' converter for the real-size architecture). Checked before
     anything is copied; on a mismatch the transformer is unchanged."""
-    from ..loading import _source_kind, apply_state_dict, read_state_dict
+    from ..loading import apply_state_dict, read_state_dict, source_kind
 
-    kind = _source_kind(path)
+    kind = source_kind(path)
     if kind == "file":
         state = read_state_dict(path)
         mine = transformer.state_dict()
@@ -152,11 +153,10 @@ def _convert_original(transformer: torch.nn.Module, state: dict, path: str) -> d
 def load_family_views(source: str, family: str | None = None, local_files_only: bool | None = None) -> list:
     """The text encoders of an SDXL/SD3/Flux source as :class:`EncoderView` objects, without loading the
     denoiser or the VAE (a tiny name builds only its text models)."""
-    from ..loading import _offline
     from .registry import family_slots
     from .views import EncoderView
 
-    family = family or family_of_source(source, _offline(local_files_only))
+    family = family or family_of_source(source, hub_offline(local_files_only))
     if family is None:
         raise AmsmoothError(f"{source} is not an SDXL, SD3 or Flux pipeline (nor tiny-sdxl, tiny-sd3, tiny-flux)")
     slots = family_slots(family)
@@ -165,14 +165,12 @@ def load_family_views(source: str, family: str | None = None, local_files_only: 
 
         parts = tiny_text_parts(family)
     else:
-        parts = _pretrained_text_parts(source, slots, _offline(local_files_only))
+        parts = _pretrained_text_parts(source, slots, hub_offline(local_files_only))
     return [EncoderView(parts[s.model], parts[s.tokenizer], s) for s in slots if parts.get(s.model) is not None]
 
 
 def _pretrained_text_parts(source: str, slots: tuple, offline: bool) -> dict:
     import transformers
-
-    from ..loading import _fetch_error
 
     index = json.loads(Path(_index_file(source, offline)).read_text())
     parts = {}
@@ -185,7 +183,7 @@ def _pretrained_text_parts(source: str, slots: tuple, offline: bool) -> dict:
                 parts[attr] = getattr(transformers, name).from_pretrained(source, subfolder=attr,
                                                                           local_files_only=offline)
     except (OSError, ValueError) as e:
-        raise _fetch_error("text encoders", source, offline, e) from None
+        raise fetch_error("text encoders", source, offline, e) from None
     return parts
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -75,7 +76,7 @@ class DefendedMixin:
 
     # ------------------------------------------------------------------ set-up
     def defend(self, concepts: Sequence[str | Concept] = ("nudity",), config: SmoothingConfig | None = None,
-               stage: str = "text") -> "DefendedMixin":
+               stage: str = "text") -> DefendedMixin:
         """Defend this pipeline against ``concepts`` (built-in names, pairs CSVs, concept/bundle files); returns
         self. Directions and relevance use the text encoders as they are now (load LoRAs first)."""
         if stage not in STAGES:
@@ -88,7 +89,7 @@ class DefendedMixin:
         self._ams, self._ams_stage, self._ams_spec = defense, stage, (tuple(concepts), config, stage)
         return self
 
-    def undefend(self) -> "DefendedMixin":
+    def undefend(self) -> DefendedMixin:
         """Remove the defense: the pipeline runs exactly as its diffusers class."""
         self._ams = self._ams_spec = None
         return self
@@ -228,7 +229,7 @@ class DefendedMixin:
             for arg, texts in given.items():
                 call[arg] = [texts[r % B] for r in range(sl.start, sl.stop)]
             with contextlib.ExitStack() as hooks:
-                for v, noise in zip(self._ams.views, noises):
+                for v, noise in zip(self._ams.views, noises, strict=True):
                     hooks.enter_context(v.noise_hook(noise[sl]))
                 out = base(**call)
             for idx, name in self.OUTPUTS.items():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..concepts import Concept
 from ..config import SmoothingConfig
@@ -35,7 +36,7 @@ def _lookup(pipe: Any) -> tuple[str, type] | None:
         if klass in table:
             return table[klass]
         if isinstance(klass, type) and issubclass(klass, DefendedMixin) and klass is not DefendedMixin:
-            for base, entry in table.items():
+            for entry in table.values():
                 if entry[1] is klass:
                     return entry
     return None

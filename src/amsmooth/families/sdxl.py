@@ -2,8 +2,7 @@
 bigG's pooled (projected) embedding ``[B, 1280]`` for the U-Net's added conditioning."""
 from __future__ import annotations
 
-from diffusers import (StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline,
-                       StableDiffusionXLPipeline)
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
 from .mixin import DefendedMixin
 from .views import EncoderSlot

@@ -21,8 +21,9 @@ BERT-family encoders work alike. Only weights change; a projection's bias, if it
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -118,7 +119,7 @@ def targets(W: torch.Tensor, tokens: EditTokens, technique: str) -> torch.Tensor
     if technique == "replace":
         return v
     out = []
-    for vs, us in zip(v.split(tokens.sizes), (tokens.erase @ W.T).split(tokens.sizes)):
+    for vs, us in zip(v.split(tokens.sizes), (tokens.erase @ W.T).split(tokens.sizes), strict=True):
         u = us / us.norm()
         out.append(vs - (u * vs).sum() * u)
     return torch.cat(out)
