@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import csv
 
-import pytest
-
 from amsmooth.cli.main import main
 
 FAST = ["--model", "tiny", "--steps", "2", "--height", "64", "--width", "64"]

@@ -11,7 +11,8 @@ step; the U-Net itself still runs once on the whole batch).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

@@ -11,10 +11,11 @@ import statistics
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -86,7 +87,7 @@ class PeakMemory:
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak, self._stop = device, 0, threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -147,10 +148,10 @@ def text_stage_times(enc: TextEncoder, concept: Concept, prompts: list[str], dev
     for name, use_global in (("local", False), ("global", True)):
         ams = _ams(enc, concept, use_global=use_global, n=n)
         c0 = enc.calls
-        out[f"relevance_{name}_cold"] = timed(lambda: ams.scores(batch), device)
+        out[f"relevance_{name}_cold"] = timed(lambda ams=ams: ams.scores(batch), device)
         out[f"calls_relevance_{name}_cold"] = enc.calls - c0
         c0 = enc.calls
-        out[f"relevance_{name}_warm"] = timed(lambda: ams.scores(batch), device)
+        out[f"relevance_{name}_warm"] = timed(lambda ams=ams: ams.scores(batch), device)
         out[f"calls_relevance_{name}_warm"] = enc.calls - c0
     sigma = ams.scores(batch).sigma
     samples = {}
@@ -291,7 +292,8 @@ def format_report(r: Report) -> str:
     lines += [f"| {k} | {v:.3f} | {v / base:.4f} | {_pct(v, base)} |" for k, v in proj.items()]
     e = r.end_to_end
     lines += ["", f"Measured end to end at {s['e2e_size']} px / {s['e2e_steps']} steps:", "",
-              "| defense | time per image (s) | ratio | peak memory (MiB) | memory ratio |", "|---|---:|---:|---:|---:|"]
+              "| defense | time per image (s) | ratio | peak memory (MiB) | memory ratio |",
+              "|---|---:|---:|---:|---:|"]
     lines += [f"| {k} | {v:.3f} | {v / e['w/o defense']:.4f} | {r.memory[k] / 2**20:.0f} | "
               f"{r.memory[k] / r.memory['w/o defense']:.3f} |" for k, v in e.items()]
     if s["quick"]:

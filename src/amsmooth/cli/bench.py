@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from ..errors import AmsmoothError
 from .common import quiet_libraries
 from .generate import DTYPES
@@ -16,7 +14,8 @@ from .generate import DTYPES
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time the defense against undefended generation, SLD and U-Net smoothing")
-    p.add_argument("--quick", action="store_true", help="1 U-Net repeat, naive-smoothing step extrapolated; end to end at 256 px / 2 steps")
+    p.add_argument("--quick", action="store_true",
+                   help="1 U-Net repeat, naive-smoothing step extrapolated; end to end at 256 px / 2 steps")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--size", type=int, default=512, help="component timing and projection size (px)")

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..errors import AmsmoothError
 from ..eval.defenses import DEFENSES, Defense, DefenseSpec
-from ..eval.runner import GenerationSettings, Job, RunStats, Shard, load_prompt_sets, make_jobs, process_shard, \
-    run_jobs
+from ..eval.runner import GenerationSettings, Job, RunStats, Shard, load_prompt_sets, make_jobs, process_shard, run_jobs
 from ..eval.store import ResultStore
 from ..io import check_writable_dir
 from ..pipeline import STAGES
 from .common import add_concept_args, add_smoothing_args, smoothing_config
-from .generate import add_generation_args, add_model_args, generation_settings, load_model, resolve_dtype, \
-    validate_generation
+from .generate import (
+    add_generation_args,
+    add_model_args,
+    generation_settings,
+    load_model,
+    resolve_dtype,
+    validate_generation,
+)
 
 # Config keys that may change when a run is resumed: they do not change any image.
 VOLATILE = ("limit", "device", "prompt_files", "versions", "reference", "clip")

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +15,9 @@ from ..errors import AmsmoothError
 from ..io import atomic_save_image, atomic_write_json, check_writable_dir, inside
 from ..prompts import PromptCase
 from .common import add_concept_args, add_smoothing_args, collect_prompts, quiet_libraries, smoothing_config
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -91,7 +95,7 @@ def resolve_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype
 
 
 def load_model(args: argparse.Namespace, device: torch.device | None = None,
-               img2img: bool = False):  # noqa: ANN201 - a diffusers pipeline
+               img2img: bool = False) -> DiffusionPipeline:
     """The pipeline of --model (+ --unet / --text-encoder replacements) on ``device`` (default: --device)."""
     from ..loading import load_pipeline, resolve_device
 
@@ -123,7 +127,7 @@ def load_init_image(path: str):  # noqa: ANN201 - PIL image
         raise AmsmoothError(f"cannot read init image {path}: {e}") from None
 
 
-def sidecar(case: PromptCase, k: int, seed: int, guidance: float, args: argparse.Namespace, config, rel: dict,
+def sidecar(case: PromptCase, k: int, seed: int, guidance: float, args: argparse.Namespace, config: Any, rel: dict,
             timings: dict) -> dict:
     return {"case_number": case.case_number, "image_index": k, "prompt": case.prompt, "seed": seed,
             "guidance": guidance, "steps": args.steps, "model": args.model, "unet": args.unet,

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ..baselines.blacklist import Blacklist
-from ..batching import per_prompt_small_gemms
 from ..baselines.posi import POSI_INSTRUCTION, POSI_TEMPLATE, CausalLMRewriter
 from ..baselines.sld import SLD_PRESETS, SLDPipeline, sld_preset
+from ..batching import per_prompt_small_gemms
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
 from ..families import undefended
@@ -142,14 +142,14 @@ class Defense:
         Prompt b's images come from a CPU generator seeded with ``seeds[b]`` (one object, given once per image:
         diffusers draws image i's latent from ``generator[i]``), and its smoothing noise from a generator derived
         from that seed, and the U-Net's batch-dependent small GEMMs are computed per prompt
-        (:mod:`amsmooth.batching`), so each prompt's images are those of ``self(prompt, seed, images)``. Time per image: the
-        call's, spread evenly."""
+        (:mod:`amsmooth.batching`), so each prompt's images are those of ``self(prompt, seed, images)``. Time per
+        image: the call's, spread evenly."""
         start = time.perf_counter()
         used = [self.rewrite(p) for p in prompts] if self.rewrite is not None else [None] * len(prompts)
         rewrite_s = time.perf_counter() - start
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         with per_prompt_small_gemms(self.pipeline, len(prompts)):
-            out = self.pipeline([p if u is None else u for p, u in zip(prompts, used)],
+            out = self.pipeline([p if u is None else u for p, u in zip(prompts, used, strict=True)],
                                 num_images_per_prompt=images, generator=[g for g in gens for _ in range(images)],
                                 **kwargs)
         per_image = (rewrite_s + out.timings["total_s"]) / (len(prompts) * images)

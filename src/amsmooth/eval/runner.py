@@ -3,16 +3,18 @@
 Per the data contract, each case's images come from a CPU generator seeded with its ``evaluation_seed`` and use
 its ``evaluation_guidance`` (defaults when the file has none). Every image is saved atomically as
 ``RUN_DIR/<folder>/<prompt set>/{case_number}_{k}.png`` and its row committed before the next case (or batch of
-cases, ``--batch-size``) starts, so a killed run resumes where it stopped. Under ``accelerate launch`` case i of the run goes to process i mod N.
+cases, ``--batch-size``) starts, so a killed run resumes where it stopped. Under ``accelerate launch`` case i
+of the run goes to process i mod N.
 """
 from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -194,7 +196,8 @@ def _flush(defense: Defense, pending: list[tuple[Job, list[int]]], settings: Gen
     if not pending:
         return
     try:
-        for (job, missing), gen in zip(pending, generate_cases(defense, [j for j, _ in pending], settings)):
+        gens = generate_cases(defense, [j for j, _ in pending], settings)
+        for (job, missing), gen in zip(pending, gens, strict=True):
             _store_case(defense, job, missing, gen, settings, run_dir, store, detector, folder, stats)
     finally:
         _release(store, pending)
@@ -227,9 +230,8 @@ def _missing(job: Job, K: int, store: ResultStore | None, run_dir: Path, folder:
 def _store_case(defense: Defense, job: Job, missing: list[int], gen: Any, settings: GenerationSettings,
                 run_dir: Path, store: ResultStore | None, detector: Any, folder: str, stats: RunStats) -> None:
     """The case's ``missing`` images of ``gen`` (all K were generated, for the seeds): scored, saved, stored."""
-    K = settings.images_per_prompt
-    verdicts = detector.detect([gen.images[k] for k in missing]) if detector is not None else [None] * K
-    for k, verdict in zip(missing, verdicts):
+    verdicts = detector.detect([gen.images[k] for k in missing]) if detector is not None else [None] * len(missing)
+    for k, verdict in zip(missing, verdicts, strict=True):
         path = image_path(folder, job, k)
         target = inside(run_dir, path)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ never name the concept). ``lookalike`` prompts use a concept's words in a benign
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from . import world as W
 

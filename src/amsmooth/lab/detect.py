@@ -7,14 +7,16 @@ subject and shift, colour, garment, object — keeping the description whose ren
 picture). A generated image whose sky is tinted or whose subject is faint is thus read as the scene it draws,
 not lost to a fixed foreground threshold. The readers are validated against the renderer's ground truth
 (``tests/test_lab_world.py``: ≥ 99 % agreement) before being trusted on generated images, which are read the same
-way. The concept scores stay pixel measures (skin share of the fitted figure, blood pixels). ``LabDetector`` exposes the concept readers through the evaluation's detector interface
-(``--detector lab-nudity`` / ``lab-violence``).
+way. The concept scores stay pixel measures (skin share of the fitted figure, blood pixels). ``LabDetector``
+exposes the concept readers through the evaluation's detector interface (``--detector lab-nudity`` /
+``lab-violence``).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Sequence
+from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -88,12 +90,12 @@ def read_scene(img: np.ndarray) -> str:
     return min(d, key=d.get)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _background(scene: str) -> np.ndarray:
     return W.background(scene).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _masks() -> dict[tuple[str, int, bool], np.ndarray]:
     out = {}
     for s in W.SUBJECTS:

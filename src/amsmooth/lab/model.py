@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -20,6 +20,9 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
 from ..errors import AmsmoothError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 LAB_MAX_LENGTH = 32   # tokens, [CLS] and [SEP] included
 LAB_SIZE = 32         # pixels
@@ -63,9 +66,10 @@ class PixelVAE(ModelMixin, ConfigMixin):
 
 def lab_text_encoder():  # noqa: ANN201 - amsmooth.TextEncoder
     """The lab's ``TextEncoder``: MiniLM at 32 tokens, attention mask on (also in the diffusers pipeline)."""
+    from transformers import AutoTokenizer, BertModel
+
     from ..cli.common import minilm_folder, quiet_libraries
     from ..encoders import TextEncoder
-    from transformers import AutoTokenizer, BertModel
 
     quiet_libraries()
     folder = minilm_folder()
@@ -96,16 +100,17 @@ def load_lab_unet(folder: str | Path | None = None) -> torch.nn.Module:
 
 
 def lab_pipeline(img2img: bool = False, unet_folder: str | Path | None = None,
-                 untrained: bool = False):  # noqa: ANN201
+                 untrained: bool = False) -> DiffusionPipeline:
     """The lab model as a diffusers ``StableDiffusionPipeline`` (or the img2img one), 32 px, DDIM sampler.
 
     ``untrained``: a freshly initialised U-Net instead of the shipped weights (when the caller replaces them).
     """
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    from ..loading import assemble_pipeline
+    from ..assembly import assemble_pipeline
 
     enc = lab_text_encoder()
-    parts = {"unet": new_unet().eval() if untrained else load_lab_unet(unet_folder), "vae": PixelVAE(), "text_encoder": enc.model,
-             "tokenizer": enc.tokenizer, "scheduler": DDIMScheduler.from_config(scheduler_config())}
+    unet = new_unet().eval() if untrained else load_lab_unet(unet_folder)
+    parts = {"unet": unet, "vae": PixelVAE(), "text_encoder": enc.model, "tokenizer": enc.tokenizer,
+             "scheduler": DDIMScheduler.from_config(scheduler_config())}
     return assemble_pipeline(StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline, parts)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import AmsmoothError
 from . import world as W

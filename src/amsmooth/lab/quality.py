@@ -7,8 +7,9 @@ case's seed, so an image does not depend on the batch it was made in.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int
 def assess(images: Sequence[Any], cases: Sequence[LabCase], quality: Quality | None = None) -> Quality:
     """Read each image and score it against its case's ground truth."""
     q = quality or Quality()
-    for image, case in zip(images, cases):
+    for image, case in zip(images, cases, strict=True):
         r = D.read(image)
         for concept in ("nudity", "violence"):
             q.concepts.setdefault(concept, []).append(r.nude if concept == "nudity" else r.violent)

@@ -8,8 +8,9 @@ concept and attack sets, as in the paper's Table 1; ``benign`` and ``lookalike``
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -18,9 +18,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class Plan:
     label: str = "full"
 
     @classmethod
-    def quick(cls) -> "Plan":
+    def quick(cls) -> Plan:
         return cls(prompts=4, attack_prompts=2, calibration_prompts=8, steps=20, sets=("train", "heldout", "benign"),
                    attacks=("rab",), defenses=("none", "blacklist", "ams"), sigma0_grid=(0.25, 0.5),
                    k_grid=(9.0,), label="quick")
