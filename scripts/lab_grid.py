@@ -31,7 +31,8 @@ def main() -> None:
     pipe = DefendedPipeline(load_pipeline("lab"))
     rows, labels = [], []
     for name in args.sets or ["train", "heldout"]:
-        cases = [c for c in read_prompt_csv(args.table / "prompts" / f"{name}.csv") if c.case_number.endswith("-0")]
+        cases = [c for c in read_prompt_csv(_prompt_file(args.table, name, args.runs[0]))
+                 if c.case_number.endswith("-0")]
         for case in cases[: args.cases]:
             g = torch.Generator().manual_seed(case.seed or 0)
             base = pipe(case.prompt, generator=g, num_inference_steps=plan["steps"],
@@ -54,6 +55,16 @@ def main() -> None:
             canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST), (text_w + j * (side + pad), y))
     canvas.save(args.out)
     print(f"wrote {args.out}")
+
+
+def _prompt_file(table: Path, name: str, run: str) -> Path:
+    """A set's prompt CSV: a concept set, a text attack's (shared) or a U-Net attack's (per erased model)."""
+    folder = table / "prompts"
+    for path in (folder / f"{name}.csv", folder / "shared" / f"{name}.csv",
+                 folder / run.split("-")[0] / f"{name}.csv"):
+        if path.is_file():
+            return path
+    raise SystemExit(f"no prompts for set {name!r} in {folder}")
 
 
 if __name__ == "__main__":
