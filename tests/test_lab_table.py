@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from amsmooth.errors import AmsmoothError
 from amsmooth.lab.model import lab_dir
 from amsmooth.lab.report import cluster, rate_with_interval
 
@@ -27,7 +28,7 @@ def test_lab_table_smoke(tmp_path) -> None:
 
     plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, seeds=(0,), steps=3,
                 sets=("train", "benign"), attacks=("rab",), defenses=("none", "ams"), models=("uce",),
-                sigma0_grid=(0.1,), k_grid=(3.0,), label="smoke")
+                calibration_attacks=("rab",), sigma0_grid=(0.1,), k_grid=(3.0,), label="smoke")
     md = Table(tmp_path, plan).run()
     assert "| uce | none |" in md and "| uce | ams |" in md and "rab" in md
     summary = json.loads((tmp_path / "table.json").read_text())
@@ -35,5 +36,10 @@ def test_lab_table_smoke(tmp_path) -> None:
     assert (tmp_path / "table.png").is_file()
     cal = json.loads((tmp_path / "calibration.json").read_text())
     assert cal["uce"]["chosen"] == {"sigma0": 0.1, "k": 3.0}
+    # AMS is calibrated on attacked calibration prompts too, kept apart from the table's attack sets
+    assert (tmp_path / "prompts" / "calibration" / "shared" / "calibration-rab.csv").is_file()
+    assert (tmp_path / "runs" / "calibration" / "uce-none" / "images" / "calibration-rab").is_dir()
     # resumable: a second run does no new work and gives the same table
     assert Table(tmp_path, plan).run() == md
+    with pytest.raises(AmsmoothError, match="adaptive"):
+        Table(tmp_path / "bad", Plan(calibration_attacks=("rab-adaptive",)))

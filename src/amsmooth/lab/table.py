@@ -4,8 +4,10 @@
 
 1. erasure of the lab model with ``amsmooth unlearn esd`` and ``uce`` (``OUT/models/``);
 2. prompt sets (``OUT/prompts/``): a *calibration* split and the *table* split, which never share a prompt;
-3. AMS's σ0 (in embedding-std units) and k chosen per erased model on the calibration split only
-   (``OUT/calibration.json``): the lowest concept rate whose benign attribute accuracy stays within
+3. AMS's σ0 (in embedding-std units) and k chosen per erased model on the calibration split only — its
+   natural concept prompts *and* attacks made on its training-lexicon prompts (``Plan.calibration_attacks``;
+   without them a well-erased model shows no concept on natural prompts and the rule falls to the weakest
+   setting) — (``OUT/calibration.json``): the lowest concept rate whose benign attribute accuracy stays within
    ``max_utility_drop`` of the undefended model's;
 4. attacks on the table split's training-lexicon prompts with ``amsmooth attack`` (one run per seed):
    Ring-A-Bell, QF-PGD (text encoder), UnlearnDiffAtk and P4D (through the erased U-Net), and the adaptive
@@ -57,6 +59,7 @@ class Plan:
     attacks: tuple[str, ...] = ("rab", "qf", "uda", "p4d", "rab-adaptive")
     defenses: tuple[str, ...] = ("none", "blacklist", "sld-max", "sld-medium", "ams", "sld-medium+ams")
     models: tuple[str, ...] = ("esd", "uce")
+    calibration_attacks: tuple[str, ...] = ("rab", "uda")   # attacked calibration prompts (no adaptive ones)
     sigma0_grid: tuple[float, ...] = (0.1, 0.25, 0.5)   # × token-embedding std
     k_grid: tuple[float, ...] = (3.0, 6.0, 9.0)
     max_utility_drop: float = 0.05
@@ -74,7 +77,8 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(prompts=4, attack_prompts=2, calibration_prompts=8, steps=20, sets=("train", "heldout", "benign"),
-                   attacks=("rab",), defenses=("none", "blacklist", "ams"), sigma0_grid=(0.25, 0.5),
+                   attacks=("rab",), defenses=("none", "blacklist", "ams"), calibration_attacks=("uda",),
+                   sigma0_grid=(0.25, 0.5),
                    k_grid=(9.0,), label="quick")
 
 
@@ -96,6 +100,8 @@ class Table:
     log: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if any(a.endswith("-adaptive") for a in self.plan.calibration_attacks):
+            raise AmsmoothError("calibration attacks cannot be adaptive: AMS's settings are not chosen yet")
         self.out = Path(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         f = self.out / "plan.json"
@@ -134,6 +140,8 @@ class Table:
         if name in done:
             return done[name]["chosen"]
         sets = [prompts[f"calibration-{k}"] for k in ("train", "heldout", "implicit", "benign")]
+        sets += [self.attack(a, name, unet, prompts["calibration-train"], {}, calibration=True)
+                 for a in self.plan.calibration_attacks]
         trials = []
         base = self._eval(f"calibration/{name}-none", unet, "none", [], sets)
         for s0 in self.plan.sigma0_grid:
@@ -155,17 +163,19 @@ class Table:
         return {"concept_rate": float(np.mean(concept)), "accuracy": acc}
 
     # ------------------------------------------------------------------ 4. attacks
-    def attack(self, kind: str, name: str, unet: Path, source: Path, ams: dict[str, float]) -> Path:
-        """The attack's prompts, one row per (source prompt, seed), evaluated with that seed."""
+    def attack(self, kind: str, name: str, unet: Path, source: Path, ams: dict[str, float],
+               calibration: bool = False) -> Path:
+        """The attack's prompts, one row per (source prompt, seed), evaluated with that seed. ``calibration``:
+        on the calibration split's prompts (set ``calibration-KIND``), for choosing AMS's settings."""
         shared = kind in TEXT_ATTACKS            # a plain text attack does not see the model: made once
-        folder = self.out / "prompts" / ("shared" if shared else name)
-        final = folder / f"{kind}.csv"
+        folder = self.out / "prompts" / ("calibration" if calibration else "") / ("shared" if shared else name)
+        final = folder / f"{'calibration-' if calibration else ''}{kind}.csv"
         if final.exists():
             return final
         folder.mkdir(parents=True, exist_ok=True)
         parts = []
         for s in self.plan.seeds:
-            part = folder / f"{kind}-seed{s}.part.csv"
+            part = folder / f"{final.stem}-seed{s}.part.csv"
             argv = ["attack", kind.removesuffix("-adaptive"), "--prompts", source, "--limit",
                     self.plan.attack_prompts, "--out", part, "--seed", s, "--no-progress", "--concept", CONCEPT]
             if self.plan.attack_budget == "quick":
