@@ -36,20 +36,23 @@ def per_prompt_small_gemms(pipe: Any, prompts: int) -> Iterator[None]:
     if prompts <= 1 or model is None:
         yield
         return
-    handles = [m.register_forward_hook(_chunked(prompts)) for m in model.modules()
-               if isinstance(m, torch.nn.Linear)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for m in linears:
+        m.forward = _chunked(m, prompts)           # an instance attribute shadows Linear.forward
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        for m in linears:
+            del m.forward
 
 
-def _chunked(prompts: int) -> Any:
-    def hook(module: torch.nn.Linear, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        x = args[0] if args else None
-        if not torch.is_tensor(x) or x.ndim != 2 or not x.shape[0] or x.shape[0] % prompts:
-            return None
+def _chunked(module: torch.nn.Linear, prompts: int) -> Any:
+    """``module``'s forward, computed as ``prompts`` GEMMs on a 2-D input whose rows split evenly."""
+    own = type(module).forward.__get__(module)    # the class's forward (a subclass may add to it)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or not x.shape[0] or x.shape[0] % prompts:
+            return own(x)
         rows = x.shape[0] // prompts
         return torch.cat([torch.nn.functional.linear(c, module.weight, module.bias) for c in x.split(rows)])
-    return hook
+    return forward

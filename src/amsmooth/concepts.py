@@ -5,15 +5,19 @@ import csv
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from .encoders import TextEncoder
 from .errors import AmsmoothError
 from .io import atomic_write_bytes
+
+T = TypeVar("T")
 
 # Column pairs recognised when none are given: (positive, negative).
 KNOWN_COLUMNS = [("sensitive prompt", "normal prompt"), ("prompt", "prompt1"), ("positive", "negative")]
@@ -84,6 +88,23 @@ def _describe(fp: dict) -> str:
             f"vocab {fp.get('vocab_size')}, weights {fp.get('weights_sha256', fp.get('embedding_sha256'))})")
 
 
+def read_concept_file(path: Path, read: Callable[[dict[str, str], Any], T]) -> T:
+    """``read(metadata, handle)`` on the safetensors file at ``path``: a missing file, or any failure to decode it
+    (other than an ``AmsmoothError`` of ``read``'s own), is a one-line ``AmsmoothError``."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise AmsmoothError(f"concept file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return read(f.metadata() or {}, f)
+    except AmsmoothError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupted file to the user
+        raise AmsmoothError(f"{path} is not a valid amsmooth concept file ({type(e).__name__}: {e})"
+                            .splitlines()[0]) from None
+
+
 @dataclass
 class Concept:
     """A target concept: its direction ``[L, D]`` and the identity of the encoder it was built with."""
@@ -127,21 +148,15 @@ class Concept:
     @classmethod
     def load(cls, path: str | Path, encoder: TextEncoder | None = None) -> Concept:
         """Read a saved concept; with ``encoder``, check it was built for that encoder."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise AmsmoothError(f"concept file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                direction = f.get_tensor("direction")
+        def read(meta: dict[str, str], f: Any) -> tuple[dict[str, str], torch.Tensor, Any]:
+            direction = f.get_tensor("direction")
             fingerprint = json.loads(meta["fingerprint"])
             if meta.get("format") != FORMAT:
                 raise KeyError("format")
-        except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupted file to the user
-            raise AmsmoothError(f"{path} is not a valid amsmooth concept file ({type(e).__name__}: {e})"
-                                .splitlines()[0]) from None
+            return meta, direction, fingerprint
+
+        path = Path(path)
+        meta, direction, fingerprint = read_concept_file(path, read)
         concept = cls(meta.get("name", path.stem), direction, fingerprint, meta.get("pairs_sha256", ""),
                       int(meta.get("pairs_count", 0) or 0))
         if encoder is not None:

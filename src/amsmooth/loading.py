@@ -53,6 +53,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 # ------------------------------------------------------------------------------------------------ pipelines
 
+def default_steps(model: str) -> int:
+    """Denoising steps when the user gives none: the lab model's own default, else the paper's 50."""
+    if model == "lab":
+        from .lab.model import LAB_STEPS
+
+        return LAB_STEPS
+    return 50
+
+
 def load_pipeline(model: str, *, unet: str | None = None, text_encoder: str | None = None,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   img2img: bool = False, local_files_only: bool | None = None,

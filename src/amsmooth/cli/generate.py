@@ -73,9 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def validate_generation(args: argparse.Namespace) -> None:
     """Reject bad numbers before anything is loaded or written (and fill in the model's default steps)."""
     if args.steps is None:
-        from ..lab.model import LAB_STEPS
+        from ..loading import default_steps
 
-        args.steps = LAB_STEPS if getattr(args, "model", None) == "lab" else 50
+        args.steps = default_steps(getattr(args, "model", None) or "")
     if args.steps < 1:
         raise AmsmoothError(f"--steps must be >= 1, got {args.steps}")
     for name in ("height", "width"):

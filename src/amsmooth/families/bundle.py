@@ -10,8 +10,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..concepts import BUILTIN, FORMAT, Concept, read_pairs
+from ..concepts import BUILTIN, FORMAT, Concept, read_concept_file, read_pairs
 from ..errors import AmsmoothError
 from ..io import atomic_write_bytes
 from .views import EncoderView
@@ -48,28 +49,20 @@ class ConceptBundle:
     @classmethod
     def load(cls, path: str | Path) -> ConceptBundle:
         """Read a bundle file, or a single-encoder concept file as a bundle of one (keyed ``*``)."""
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise AmsmoothError(f"concept file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") == FORMAT:
-                    return cls(meta.get("name", path.stem), {"*": Concept.load(path)})
-                if meta.get("format") != BUNDLE_FORMAT:
-                    raise KeyError("format")
-                fps = json.loads(meta["fingerprints"])
-                concepts = {k: Concept(meta.get("name", path.stem), f.get_tensor(f"direction.{k}"), fp,
-                                       meta.get("pairs_sha256", ""), int(meta.get("pairs_count", 0) or 0))
-                            for k, fp in fps.items()}
-        except AmsmoothError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupted file to the user
-            raise AmsmoothError(f"{path} is not a valid amsmooth concept file ({type(e).__name__}: {e})"
-                                .splitlines()[0]) from None
-        return cls(meta.get("name", path.stem), concepts)
+
+        def read(meta: dict[str, str], f: Any) -> ConceptBundle:
+            name = meta.get("name", path.stem)
+            if meta.get("format") == FORMAT:
+                return cls(name, {"*": Concept.load(path)})
+            if meta.get("format") != BUNDLE_FORMAT:
+                raise KeyError("format")
+            concepts = {k: Concept(name, f.get_tensor(f"direction.{k}"), fp, meta.get("pairs_sha256", ""),
+                                   int(meta.get("pairs_count", 0) or 0))
+                        for k, fp in json.loads(meta["fingerprints"]).items()}
+            return cls(name, concepts)
+
+        return read_concept_file(path, read)
 
     def for_view(self, view: EncoderView) -> Concept:
         """This concept's direction for ``view`` (by encoder name, else by fingerprint), checked."""
