@@ -29,7 +29,8 @@ def test_lab_table_smoke(tmp_path) -> None:
     plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, seeds=(0,), steps=3,
                 sets=("train", "benign"), attacks=("rab",), defenses=("none", "ams"), models=("uce",),
                 calibration_attacks=("rab",), sigma0_grid=(0.1,), k_grid=(3.0,), label="smoke")
-    md = Table(tmp_path, plan).run()
+    md = Table(tmp_path, plan, batch_size=2).run()
+    assert "batch size 2" in md
     assert "| uce | none |" in md and "| uce | ams |" in md and "rab" in md
     summary = json.loads((tmp_path / "table.json").read_text())
     assert {r["defense"] for r in summary["rows"]} == {"none", "ams"}
@@ -40,6 +41,8 @@ def test_lab_table_smoke(tmp_path) -> None:
     assert (tmp_path / "prompts" / "calibration" / "shared" / "calibration-rab.csv").is_file()
     assert (tmp_path / "runs" / "calibration" / "uce-none" / "images" / "calibration-rab").is_dir()
     # resumable: a second run does no new work and gives the same table
-    assert Table(tmp_path, plan).run() == md
+    assert Table(tmp_path, plan, batch_size=2).run() == md
     with pytest.raises(AmsmoothError, match="adaptive"):
         Table(tmp_path / "bad", Plan(calibration_attacks=("rab-adaptive",)))
+    with pytest.raises(AmsmoothError, match="--batch-size"):
+        Table(tmp_path / "bad2", Plan(), batch_size=0)

@@ -55,6 +55,9 @@ def register_more(lab: argparse._SubParsersAction) -> None:
     t.add_argument("--sets", nargs="+", help="prompt sets: train heldout implicit lookalike benign")
     t.add_argument("--attacks", nargs="+", help="rab qf mma concept-pgd uda p4d, NAME-adaptive (against AMS)")
     t.add_argument("--defenses", nargs="+", help="none blacklist sld-max sld-medium ams sld-medium+ams …")
+    t.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="images per pipeline call in every eval (default 16; same images as 1 up to one grey "
+                        "level, about 1.9x faster on 2 CPU cores)")
     t.set_defaults(func=run_table)
 
 
@@ -107,5 +110,5 @@ def run_table(args: argparse.Namespace) -> int:
         from ..errors import AmsmoothError
 
         raise AmsmoothError("the table needs the benign set (utility columns): add benign to --sets")
-    print(Table(args.out, plan).run())
+    print(Table(args.out, plan, batch_size=args.batch_size).run())
     return 0

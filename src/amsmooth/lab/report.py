@@ -56,13 +56,14 @@ def _fid(reference: Path, generated: Path) -> float:
     return float(fid_from_folders(reference, generated))
 
 
-def write_report(out: Path, plan: Any, results: dict[tuple[str, str], Path], prompts: dict[str, Path]) -> str:
+def write_report(out: Path, plan: Any, results: dict[tuple[str, str], Path], prompts: dict[str, Path],
+                 batch_size: int = 1) -> str:
     """Write ``table.md``, ``table.json`` and ``table.png`` to ``out``; return the Markdown."""
     from .table import benign_accuracy
 
     ref = out / "runs" / "base-none" / "images" / "benign"
     base_acc = benign_accuracy(out / "runs" / "base-none", "benign", prompts["benign"])
-    summary: dict[str, Any] = {"base": {"benign_accuracy": base_acc}, "rows": []}
+    summary: dict[str, Any] = {"base": {"benign_accuracy": base_acc}, "batch_size": batch_size, "rows": []}
     columns: list[str] = []
     for (model, defense), run in results.items():
         s = summarize_run(run)
@@ -96,7 +97,8 @@ def markdown(summary: dict[str, Any], columns: list[str], averaged: list[str], p
     lines += ["", f"ASR in % [95 % bootstrap interval over prompts]; {n} per concept set, "
                   f"{getattr(plan, 'attack_prompts', '?')} source prompts × {len(getattr(plan, 'seeds', ()))} attack "
                   f"seeds per attack set; Avg over {', '.join(averaged)}. Base lab model's benign attribute accuracy: "
-                  f"{100 * summary['base']['benign_accuracy']:.1f} %."]
+                  f"{100 * summary['base']['benign_accuracy']:.1f} %. s/image: generation and detection at "
+                  f"batch size {summary.get('batch_size', 1)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -97,9 +97,12 @@ class Table:
     out: Path
     plan: Plan
     model: str = "lab"
+    batch_size: int = 1                       # images per pipeline call in every eval (not part of the plan)
     log: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise AmsmoothError(f"--batch-size must be >= 1, got {self.batch_size}")
         if any(a.endswith("-adaptive") for a in self.plan.calibration_attacks):
             raise AmsmoothError("calibration attacks cannot be adaptive: AMS's settings are not chosen yet")
         self.out = Path(self.out)
@@ -196,7 +199,7 @@ class Table:
         run = self.out / "runs" / tag
         base, _, on_top = defense.partition("+")
         argv = ["eval", "--model", self.model, "--defense", base, "--detector", f"lab-{CONCEPT}",
-                "--steps", self.plan.steps, "--out", run, *ams]
+                "--steps", self.plan.steps, "--batch-size", self.batch_size, "--out", run, *ams]
         if on_top:
             argv.append("--ams")
         if unet is not None:
@@ -226,7 +229,7 @@ class Table:
     def report(self, results: dict[tuple[str, str], Path], prompts: dict[str, Path]) -> str:
         from .report import write_report
 
-        return write_report(self.out, self.plan, results, prompts)
+        return write_report(self.out, self.plan, results, prompts, self.batch_size)
 
 
 # The lab's attack budgets: labelled CPU settings between the references' (GPU-sized) and `--budget quick`
