@@ -77,3 +77,39 @@ def test_encoder_minilm_shortcut(capsys):
     assert main(["relevance", "a naked man", "--encoder", "minilm", "--format", "jsonl"]) == 0
     toks = json.loads(capsys.readouterr().out)["tokens"]
     assert max(toks, key=lambda t: t["sim"])["word"] == "naked"
+
+
+def test_smoothing_flags_come_from_the_config_dataclass(monkeypatch):
+    """Every SmoothingConfig field with a "cli" help text is a flag of every AMS command, parsed onto that field;
+    a field added with such a text becomes a flag everywhere without touching the commands."""
+    import argparse
+    import dataclasses
+
+    from amsmooth.cli import common
+    from amsmooth.cli.main import build_parser
+    from amsmooth.config import SmoothingConfig
+
+    flags = {f.name: common.smoothing_flag(f) for f in common.smoothing_fields()}
+    assert flags == {"sigma0": "--sigma0", "sigma_unit": "--sigma-unit", "k": "--k", "n": "--n",
+                     "use_global": "--global", "noise_special_tokens": "--noise-special-tokens"}
+    parser = build_parser()
+    argv = ["--sigma0", "0.02", "--sigma-unit", "embedding-std", "--k", "4", "--global", "--noise-special-tokens"]
+    for command in (["generate", "x", "--model", "tiny", "--out", "o"], ["relevance", "x", "--encoder", "tiny"],
+                    ["eval", "--model", "tiny", "--defense", "ams", "--prompts", "p.csv", "--out", "o",
+                     "--detector", "lab-nudity"],
+                    ["attack", "rab", "--adaptive", "--prompts", "p.csv", "--out", "o.csv"]):
+        args = parser.parse_args([*command, *argv, "--n", "5"])
+        config = common.smoothing_config(args)
+        assert (config.sigma0, config.sigma_unit, config.k, config.n, config.use_global,
+                config.noise_special_tokens) == (0.02, "embedding-std", 4.0, 5, True, True), command
+    # certify keeps --n for its own sample count
+    args = parser.parse_args(["certify", "x", "--encoder", "tiny", "--rho", "0.1", "--n", "7", *argv])
+    assert args.samples == 7 and common.smoothing_config(args).n == 13
+    # a new field with a help text is picked up
+    extra = dataclasses.make_dataclass("Extended", [("eps", float, dataclasses.field(
+        default=0.5, metadata={"cli": "a test knob"}))], bases=(SmoothingConfig,), frozen=True)
+    monkeypatch.setattr(common, "SmoothingConfig", extra)
+    p = argparse.ArgumentParser()
+    common.add_smoothing_args(p)
+    assert p.parse_args(["--eps", "0.25"]).eps == 0.25
+    assert "a test knob (default 0.5)" in p.format_help()

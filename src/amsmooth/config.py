@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import AmsmoothError
@@ -20,12 +20,17 @@ SIGMA_UNITS = ("absolute", "embedding-std")
 class SmoothingConfig:
     """Every knob of Adaptive Median Smoothing, one field each."""
 
-    sigma0: float = 0.006            # base noise magnitude σ0 (Sec. 3.4), in units of sigma_unit
-    sigma_unit: str = "absolute"     # "absolute", or "embedding-std": σ0 × the std of the token-embedding matrix
-    k: float = 9.0                   # scaling factor: σ_j = σ0·exp(k·sim_j)
-    n: int = 13                      # Monte-Carlo encodings; odd so the median is one of the samples
-    use_global: bool = False         # add global (whole-prompt) relevance, combined as in Algorithm 1
-    noise_special_tokens: bool = False  # give start/end/padding tokens σ0 too (paper: no noise)
+    # Fields with a "cli" help text are the smoothing flags of every command (amsmooth.cli.common derives them).
+    sigma0: float = field(default=0.006, metadata={"cli": "base noise σ0 (Sec. 3.4), in units of --sigma-unit"})
+    sigma_unit: str = field(default="absolute", metadata={
+        "cli": "unit of --sigma0: absolute (the paper's) or embedding-std (σ0 × the std of the encoder's token "
+               "embeddings, so one setting carries across encoders)", "choices": SIGMA_UNITS})
+    k: float = field(default=9.0, metadata={"cli": "scaling factor k: σ_j = σ0·exp(k·sim_j)"})
+    n: int = field(default=13, metadata={"cli": "number of noisy encodings (odd: the median is one of them)"})
+    use_global: bool = field(default=False, metadata={"cli": "add global (whole-prompt) relevance (Algorithm 1's "
+                                                             "flag)", "flag": "global"})
+    noise_special_tokens: bool = field(default=False, metadata={
+        "cli": "also noise start/end/padding tokens with σ0 (the paper does not)"})
     concepts: tuple[str, ...] = ()   # names of the concepts, for the record (the Concept objects carry the data)
     max_batch: int = 512             # largest encoder batch; larger n·B is split into chunks
     cache_size: int = 4096           # per-word local-relevance LRU entries (0 disables the cache)

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AmsmoothError
 from ..prompts import PromptCase, read_prompts_file
-from .common import add_concept_args, add_encoder_args, add_smoothing_args, load_encoder, smoothing_config
+from .common import (
+    SMOOTHING_OPTIONS,
+    add_concept_args,
+    add_encoder_args,
+    add_smoothing_args,
+    load_encoder,
+    smoothing_config,
+    smoothing_flags_text,
+)
 
 if TYPE_CHECKING:
     from ..attacks.unet import UNetAttack
@@ -31,7 +39,6 @@ OPTIONS: dict[str, tuple[str, ...] | None] = {
     "variant": ("p4d",), "every_k": ("p4d",), "select": ("p4d",), "select_every": ("p4d",),
     "eval_timesteps": UNET, "target_steps": UNET, "height": UNET, "width": UNET,
 }
-SMOOTHING_FLAGS = ("preset", "sigma0", "sigma_unit", "k", "n", "use_global", "noise_special_tokens")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -143,8 +150,8 @@ def attack_config(args: argparse.Namespace, cls: type):  # noqa: ANN201 - the at
 
 
 def _check_defense_flags(args: argparse.Namespace) -> None:
-    if not args.adaptive and any(getattr(args, f) is not None for f in SMOOTHING_FLAGS):
-        raise AmsmoothError("--preset/--sigma0/--k/--n/--global apply to the defense: add --adaptive")
+    if not args.adaptive and any(getattr(args, f) is not None for f in SMOOTHING_OPTIONS):
+        raise AmsmoothError(f"{smoothing_flags_text()} apply to the defense: add --adaptive")
     for flag in ("eot_samples", "rerank", "rerank_draws"):
         if not args.adaptive and getattr(args, flag) is not None:
             raise AmsmoothError(f"{_flag(flag)} applies to adaptive attacks only: add --adaptive")

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import Field, fields
 
 from ..config import PRESETS, SmoothingConfig, preset
 from ..errors import AmsmoothError
@@ -48,34 +49,50 @@ def add_concept_args(p: argparse.ArgumentParser) -> None:
                         "(relevance = max); default: the preset's concepts")
 
 
+def smoothing_fields(with_n: bool = True) -> tuple[Field, ...]:
+    """The SmoothingConfig fields that are command-line flags (those with a "cli" help text), in field order."""
+    return tuple(f for f in fields(SmoothingConfig) if "cli" in f.metadata and (with_n or f.name != "n"))
+
+
+def smoothing_flag(f: Field) -> str:
+    """``--sigma0``, ``--sigma-unit``, …, ``--global`` (a field may name its flag)."""
+    return "--" + f.metadata.get("flag", f.name.replace("_", "-"))
+
+
+# Every option that configures AMS (dest names): commands that have no AMS refuse them rather than ignore them.
+SMOOTHING_OPTIONS = ("preset", *(f.name for f in smoothing_fields()))
+
+
 def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
-    """Smoothing flags; ``with_n=False`` leaves ``--n`` free for a subcommand's own sample count."""
+    """--preset and one flag per SmoothingConfig field with a "cli" help text; ``with_n=False`` leaves ``--n``
+    free for a subcommand's own sample count. Every flag defaults to None (= the preset's value, else the
+    field's default), so a flag the user did not give never overrides a preset."""
     p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (Appendix D)")
-    p.add_argument("--sigma0", type=float, help="base noise σ0 (default 0.006)")
-    p.add_argument("--sigma-unit", choices=["absolute", "embedding-std"],
-                   help="unit of --sigma0: absolute (default, the paper's) or embedding-std (σ0 × the std of the "
-                        "encoder's token embeddings, so one setting carries across encoders)")
-    p.add_argument("--k", type=float, help="scaling factor k (default 9)")
-    if with_n:
-        p.add_argument("--n", type=int, help="number of noisy encodings (default 13)")
-    p.add_argument("--global", dest="use_global", action="store_true", default=None,
-                   help="add global relevance (Algorithm 1's flag)")
-    p.add_argument("--noise-special-tokens", action="store_true", default=None,
-                   help="also noise start/end/padding tokens (σ0)")
+    for f in smoothing_fields(with_n):
+        default = ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
+        help_text = f"{f.metadata['cli']} (default {default})"
+        if isinstance(f.default, bool):
+            p.add_argument(smoothing_flag(f), dest=f.name, action="store_true", default=None, help=help_text)
+        else:
+            p.add_argument(smoothing_flag(f), dest=f.name, type=type(f.default), choices=f.metadata.get("choices"),
+                           help=help_text)
 
 
 def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
     """Preset (if any), then explicit flags; flags map one-to-one onto SmoothingConfig fields."""
     base = preset(args.preset) if getattr(args, "preset", None) else SmoothingConfig()
-    changes = {f: getattr(args, f) for f in ("sigma0", "sigma_unit", "k", "n", "use_global",
-                                                                      "noise_special_tokens")
-               if getattr(args, f, None) is not None}
+    changes = {f.name: getattr(args, f.name) for f in smoothing_fields() if getattr(args, f.name, None) is not None}
     concepts = getattr(args, "concept", None)
     if concepts:
         changes["concepts"] = tuple(concepts)
     elif not base.concepts:
         changes["concepts"] = ("nudity",)
     return base.replace(**changes)
+
+
+def smoothing_flags_text(extra: tuple[str, ...] = ()) -> str:
+    """'--preset/--sigma0/…' for error messages."""
+    return "/".join(["--preset", *(smoothing_flag(f) for f in smoothing_fields()), *extra])
 
 
 def load_encoder(source: str, max_length: int | None = None, device: str | None = None):  # noqa: ANN201

@@ -17,7 +17,7 @@ from ..eval.runner import GenerationSettings, Job, RunStats, Shard, load_prompt_
 from ..eval.store import ResultStore
 from ..io import check_writable_dir
 from ..pipeline import STAGES
-from .common import add_concept_args, add_smoothing_args, smoothing_config
+from .common import SMOOTHING_OPTIONS, add_concept_args, add_smoothing_args, smoothing_config, smoothing_flags_text
 from .generate import (
     add_generation_args,
     add_model_args,
@@ -29,7 +29,6 @@ from .generate import (
 
 # Config keys that may change when a run is resumed: they do not change any image.
 VOLATILE = ("limit", "device", "prompt_files", "versions", "reference", "clip")
-SMOOTHING_FLAGS = ("preset", "sigma0", "sigma_unit", "k", "n", "use_global", "noise_special_tokens", "concept")
 
 
 def add_defense_args(p: argparse.ArgumentParser) -> None:
@@ -80,8 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def defense_spec(args: argparse.Namespace) -> DefenseSpec:
     """The defense of the flags; smoothing flags without AMS are refused rather than ignored."""
     ams = args.ams or args.defense == "ams"
-    if not ams and any(getattr(args, f, None) is not None for f in SMOOTHING_FLAGS):
-        raise AmsmoothError("smoothing options (--preset, --sigma0, --k, --n, --global, --concept) need AMS: "
+    if not ams and any(getattr(args, f, None) is not None for f in (*SMOOTHING_OPTIONS, "concept")):
+        raise AmsmoothError(f"smoothing options ({smoothing_flags_text(('--concept',))}) need AMS: "
                             "use --defense ams, or add --ams to another defense")
     name = "ams" if args.defense == "none" and args.ams else args.defense
     return DefenseSpec.parse(name, smoothing_config(args) if ams else None, args.smoothing_stage,
