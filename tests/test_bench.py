@@ -40,3 +40,13 @@ def test_profile_shows_the_text_stage_ops():
     table = profile_text_stage(tiny_text_encoder(), n=3)
     for op in ("aten::addmm", "aten::median", "Self CPU time total"):   # encoder matmuls, the median, the total
         assert op in table
+
+
+def test_batching_benchmark_reports_speedup_and_identity(capsys):
+    from amsmooth.cli.main import main
+
+    assert main(["bench", "--batching", "tiny", "--batch-sizes", "1", "4", "--e2e-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "## Batched generation (tiny, defense ams, 16 prompts, 2 steps" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
+    assert len(rows) == 2 and all(line.rstrip().endswith("| yes |") for line in rows)

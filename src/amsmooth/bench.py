@@ -317,3 +317,49 @@ def format_report(r: Report) -> str:
               f"(paper: +24.84 %); measured here at {s['e2e_size']} px / {s['e2e_steps']} steps"
               + (" (quick mode)" if s["quick"] else "")]
     return "\n".join(lines)
+
+
+def batching_speedup(model: str = "lab", prompts: int = 16, batch_sizes: tuple[int, ...] = (1, 4, 16),
+                     defense: str = "ams", steps: int | None = None, log: Callable[[str], None] = print
+                     ) -> dict[str, Any]:
+    """Generate the same ``prompts`` images (one seed each) at every batch size through ``model``'s pipeline
+    (``defense``: "ams" with the default config, or "none"), as ``generate --batch-size`` does: seconds per image,
+    speed-up over batch 1 and whether every image's bytes equal batch 1's."""
+    import numpy as np
+
+    from .batching import per_prompt_small_gemms
+    from .families import undefended
+    from .loading import default_steps, load_pipeline
+    from .pipeline import DefendedPipeline
+
+    steps = steps or default_steps(model)
+    pipe = load_pipeline(model)
+    dp = DefendedPipeline.from_pipeline(pipe) if defense == "ams" else undefended(pipe)
+    texts = (BATCH_PROMPTS * (prompts // len(BATCH_PROMPTS) + 1))[:prompts]
+    images: dict[int, np.ndarray] = {}
+    out: dict[str, Any] = {"model": model, "defense": defense, "prompts": prompts, "steps": steps,
+                           "threads": torch.get_num_threads(), "batches": {}}
+    for bs in batch_sizes:
+        log(f"batch size {bs} …")
+        t0, imgs = time.perf_counter(), []
+        for s in range(0, prompts, bs):
+            group = list(range(s, min(s + bs, prompts)))
+            gens = [torch.Generator().manual_seed(i) for i in group]
+            with per_prompt_small_gemms(dp, len(group)):
+                res = dp([texts[i] for i in group], generator=gens, num_inference_steps=steps, output_type="np")
+            imgs.append(np.round(res.images * 255).astype(np.uint8))
+        seconds = (time.perf_counter() - t0) / prompts
+        images[bs] = np.concatenate(imgs)
+        out["batches"][bs] = {"s_per_image": seconds, "speedup": out["batches"].get(batch_sizes[0], {}).get(
+            "s_per_image", seconds) / seconds, "identical_to_first": bool((images[bs] == images[batch_sizes[0]]).all())}
+    return out
+
+
+def format_batching(r: dict[str, Any]) -> str:
+    lines = [f"## Batched generation ({r['model']}, defense {r['defense']}, {r['prompts']} prompts, {r['steps']} "
+             f"steps, {r['threads']} threads)", "", "| batch size | s / image | speed-up | images identical to the "
+             "first |", "|---:|---:|---:|---|"]
+    for bs, b in r["batches"].items():
+        lines.append(f"| {bs} | {b['s_per_image']:.3f} | {b['speedup']:.2f}× | "
+                     f"{'yes' if b['identical_to_first'] else 'NO'} |")
+    return "\n".join(lines)

@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", choices=["sd", "sdxl", "sd3", "flux"], default="sd",
                    help="sd: SD-1.5 (Table 2, default); sdxl (1024 px, 50 steps), sd3 (SD3-medium, 1024 px, 28 "
                         "steps), flux (Flux-dev, 1024 px, 28 steps): components at real width, depth extrapolated")
+    p.add_argument("--batching", metavar="MODEL", choices=["tiny", "lab"],
+                   help="instead: time generate's --batch-size on MODEL (tiny or lab; 16 prompts, AMS, --e2e-steps "
+                        "steps, default the model's) at each --batch-sizes, with the speed-up over the first and a "
+                        "byte-identity check")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16], metavar="N")
     p.add_argument("--profile", action="store_true", help="only profile the AMS text stage (torch.profiler "
                                                           "table of the top ops) instead of the benchmark")
     p.set_defaults(func=run)
@@ -43,6 +48,17 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or (args.e2e_steps is not None and args.e2e_steps < 1):
         raise AmsmoothError("steps must be >= 1")
     quiet_libraries()
+    if args.batching:
+        from ..bench import batching_speedup, format_batching
+
+        if min(args.batch_sizes) < 1:
+            raise AmsmoothError(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
+        rep = batching_speedup(args.batching, 16, tuple(args.batch_sizes), steps=args.e2e_steps,
+                               log=lambda m: print(m, file=sys.stderr))
+        print(format_batching(rep))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rep, indent=2))
+        return 0
     if args.family != "sd":
         from ..families.bench import format_family_report, run_family_benchmark
 
