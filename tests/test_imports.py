@@ -31,6 +31,13 @@ def test_tiny_does_not_import_loading() -> None:
     assert "amsmooth.tiny" in _amsmooth_imports("loading.py")  # the one direction left
 
 
+def test_family_loader_does_not_import_the_sd_loader() -> None:
+    """The weight helpers both loaders need live in amsmooth.weights; only loading → families.loading is left."""
+    assert "amsmooth.loading" not in _amsmooth_imports("families/loading.py")
+    assert "amsmooth.weights" in _amsmooth_imports("families/loading.py")
+    assert "amsmooth.loading" not in _amsmooth_imports("weights.py")
+
+
 def test_assembly_and_hub_are_leaves() -> None:
     assert _amsmooth_imports("assembly.py") == set()
     assert _amsmooth_imports("hub.py") == {"amsmooth.errors"}

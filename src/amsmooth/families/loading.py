@@ -2,7 +2,7 @@
 weights for their denoisers, for :func:`amsmooth.loading.load_pipeline`.
 
 SD 1.x/2.x models are left to :mod:`amsmooth.loading` (this module answers None for them). Replacement weights
-are checked key by key and shape by shape before anything is copied (``loading.apply_state_dict``); pickles are
+are checked key by key and shape by shape before anything is copied (``weights.apply_state_dict``); pickles are
 never unpickled.
 """
 from __future__ import annotations
@@ -15,6 +15,14 @@ import torch
 
 from ..errors import AmsmoothError
 from ..hub import fetch_error, hub_offline
+from ..weights import (
+    apply_state_dict,
+    dtype_kwargs,
+    load_text_encoder_weights,
+    load_unet_weights,
+    read_state_dict,
+    source_kind,
+)
 from .tiny import TINY_FAMILIES
 
 CLASS_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
@@ -74,7 +82,6 @@ def load_family_pipeline(model: str, family: str, *, unet: str | None = None, tr
                          local_files_only: bool | None = None) -> Any:
     """The (undefended) pipeline of ``model``, optionally with an unlearned U-Net (SDXL), transformer (SD3,
     Flux) or CLIP-L text encoder, on ``device``."""
-    from ..loading import dtype_kwargs, load_text_encoder_weights, load_unet_weights
 
     if family not in ("sdxl", "sd3", "flux"):
         raise AmsmoothError(f"a transformer replaces an SD3 or Flux transformer; {model} is not an SD3/Flux pipeline")
@@ -115,7 +122,6 @@ def load_transformer_weights(transformer: torch.nn.Module, path: str) -> None:
     config.json + weights) or a ``.safetensors``/weights-only ``.pt`` state dict in the diffusers layout, or in
     the original layout (converted with diffusers' converter for the real-size architecture). Checked before
     anything is copied; on a mismatch the transformer is unchanged."""
-    from ..loading import apply_state_dict, read_state_dict, source_kind
 
     kind = source_kind(path)
     if kind == "file":
