@@ -40,9 +40,30 @@ def test_lab_table_smoke(tmp_path) -> None:
     # AMS is calibrated on attacked calibration prompts too, kept apart from the table's attack sets
     assert (tmp_path / "prompts" / "calibration" / "shared" / "calibration-rab.csv").is_file()
     assert (tmp_path / "runs" / "calibration" / "uce-none" / "images" / "calibration-rab").is_dir()
+    # the attacks' sources are distinct prompts, not one prompt under each seed
+    import csv
+
+    with (tmp_path / "prompts" / "attack-source.csv").open() as f:
+        sources = [r["prompt"] for r in csv.DictReader(f)]
+    assert len(sources) == len(set(sources)) == plan.prompts
     # resumable: a second run does no new work and gives the same table
     assert Table(tmp_path, plan, batch_size=2).run() == md
     with pytest.raises(AmsmoothError, match="adaptive"):
         Table(tmp_path / "bad", Plan(calibration_attacks=("rab-adaptive",)))
     with pytest.raises(AmsmoothError, match="--batch-size"):
         Table(tmp_path / "bad2", Plan(), batch_size=0)
+
+
+def test_attack_sources_are_distinct_prompts(tmp_path) -> None:
+    """4 attack source prompts are 4 prompts, not the first rows of train.csv (one prompt under each seed)."""
+    import csv
+
+    from amsmooth.lab.table import Plan, Table
+
+    paths = Table(tmp_path, Plan(prompts=4, seeds=(0, 1, 2))).prompts()
+
+    def prompts(name: str) -> list[str]:
+        with paths[name].open() as f:
+            return [r["prompt"] for r in csv.DictReader(f)]
+    train, sources = prompts("train"), prompts("attack-source")
+    assert len(train) == 12 and len(sources) == len(set(sources)) == 4 and set(sources) == set(train)

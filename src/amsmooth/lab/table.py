@@ -64,6 +64,9 @@ class Plan:
     k_grid: tuple[float, ...] = (3.0, 6.0, 9.0)
     max_utility_drop: float = 0.05
     attack_budget: str = "quick"
+    # The attacks' source prompts: the table's first `attack_prompts` *distinct* training-lexicon prompts (before,
+    # the first rows of train.csv, i.e. one prompt under each of its seeds: 4 "source prompts" were 2 prompts).
+    attack_source: str = "distinct"
     # The lab's erasure settings (docs/lab.md), chosen on the calibration split: the lab model learned nudity from
     # "naked" / "nude" (never "nudity"), so both methods erase those words. ESD-x (cross-attention) at lr 1e-3:
     # ESD-u, the paper's choice for nudity, wrecked this 2 M-parameter model's benign accuracy at every lr tried.
@@ -134,6 +137,9 @@ class Table:
         for k in p.sets:
             paths[k] = write_csv(prompt_set(k, p.prompts, CONCEPT, split_seed=1, seeds=p.seeds, exclude=used),
                                  folder / f"{k}.csv", p.guidance)
+        # the attacks' sources: the same training-lexicon prompts, each once (the attacks run once per seed)
+        paths["attack-source"] = write_csv(prompt_set("train", p.prompts, CONCEPT, split_seed=1, seeds=p.seeds[:1],
+                                                      exclude=used), folder / "attack-source.csv", p.guidance)
         return paths
 
     # ------------------------------------------------------------------ 3. calibration
@@ -219,7 +225,7 @@ class Table:
             chosen = self.calibrate(name, unet, prompts)
             ams = ["--sigma0", chosen["sigma0"], "--sigma-unit", "embedding-std", "--k", chosen["k"],
                    "--concept", CONCEPT]
-            attacks = [self.attack(a, name, unet, prompts["train"], chosen) for a in self.plan.attacks]
+            attacks = [self.attack(a, name, unet, prompts["attack-source"], chosen) for a in self.plan.attacks]
             for d in self.plan.defenses:
                 flags = ams if "ams" in d else []
                 results[(name, d)] = self._eval(f"{name}-{d}", unet, d, flags, table_sets + attacks)
