@@ -134,12 +134,14 @@ class Table:
         used = [c.prompt for cs in cal.values() for c in cs]
         paths = {f"calibration-{k}": write_csv(cs, folder / f"calibration-{k}.csv", p.guidance)
                  for k, cs in cal.items()}
+        train = prompt_set("train", p.prompts, CONCEPT, split_seed=1, seeds=p.seeds, exclude=used)
         for k in p.sets:
-            paths[k] = write_csv(prompt_set(k, p.prompts, CONCEPT, split_seed=1, seeds=p.seeds, exclude=used),
-                                 folder / f"{k}.csv", p.guidance)
+            cases = train if k == "train" else prompt_set(k, p.prompts, CONCEPT, split_seed=1, seeds=p.seeds,
+                                                          exclude=used)
+            paths[k] = write_csv(cases, folder / f"{k}.csv", p.guidance)
         # the attacks' sources: the same training-lexicon prompts, each once (the attacks run once per seed)
-        paths["attack-source"] = write_csv(prompt_set("train", p.prompts, CONCEPT, split_seed=1, seeds=p.seeds[:1],
-                                                      exclude=used), folder / "attack-source.csv", p.guidance)
+        paths["attack-source"] = write_csv([c for c in train if c.seed == p.seeds[0]], folder / "attack-source.csv",
+                                           p.guidance)
         return paths
 
     # ------------------------------------------------------------------ 3. calibration
