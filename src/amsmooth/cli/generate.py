@@ -48,7 +48,7 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="prompts per pipeline call (default 1): consecutive prompts with one guidance are "
                         "generated together, each from its own seed's generator, so an image does not depend on "
-                        "its batch (up to rare ±1 grey levels on CPU, see docs)")
+                        "its batch (byte-identical to batch 1 on CPU, see docs/evaluation.md)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
