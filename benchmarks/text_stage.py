@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import time
-from importlib import resources
 
 import torch
 
@@ -26,7 +24,7 @@ def load(name: str) -> TextEncoder:
         from amsmooth.bench import sd15_text_encoder
 
         return sd15_text_encoder()
-    from amsmooth.cli.common import load_encoder
+    from amsmooth.loading import load_encoder
 
     return load_encoder(name)
 

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import ast
+import re
+import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
+
+import tomllib
 
 import amsmooth
 
@@ -57,3 +62,104 @@ def test_no_private_names_imported_across_modules() -> None:
                 found.update((rel, a.name) for a in node.names
                              if a.name.startswith("_") and not a.name.startswith("__"))
     assert found <= _PRIVATE_IMPORTS_ALLOWED, sorted(found - _PRIVATE_IMPORTS_ALLOWED)
+
+
+def _imports_of(path: Path, package: list[str]) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                found.add(".".join(base + ([node.module] if node.module else [])))
+            elif node.module:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+# lab/table.py runs the real commands in-process (`amsmooth.cli.main.main`), on purpose: the table exercises the
+# same paths a user's commands do
+_LIBRARY_USES_OF_THE_CLI = {("lab/table.py", "amsmooth.cli.main")}
+# the command modules: those main.py registers (each defines ``register``)
+_COMMANDS = {f"amsmooth.cli.{p.stem}" for p in (SRC / "cli").glob("*.py") if "def register(" in p.read_text()}
+
+
+def test_the_library_does_not_import_the_cli() -> None:
+    """Library modules (outside amsmooth/cli) never reach into the CLI (issue 11: serve took ``is_high`` from
+    cli.relevance, the lab took ``minilm_folder`` from cli.common)."""
+    found = set()
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "cli":
+            continue
+        found |= {(rel.as_posix(), m) for m in _amsmooth_imports(rel.as_posix()) if m.startswith("amsmooth.cli")}
+    assert found == _LIBRARY_USES_OF_THE_CLI
+
+
+def test_cli_commands_do_not_import_each_other() -> None:
+    """A command module never imports another command: what they share lives in cli/common.py,
+    cli/model_options.py and cli/runs.py (issue 11: utility took eval's internals, bench generate's)."""
+    assert {"amsmooth.cli.eval", "amsmooth.cli.generate", "amsmooth.cli.utility"} <= _COMMANDS
+    found = set()
+    for path in (SRC / "cli").glob("*.py"):
+        if path.name != "main.py":                       # main registers every command
+            found |= {(path.name, m) for m in _amsmooth_imports(f"cli/{path.name}") & _COMMANDS}
+    assert not found, sorted(found)
+
+
+def test_benchmarks_and_scripts_use_the_library_not_the_cli() -> None:
+    """Benchmark and helper scripts import library modules; the only CLI entry they may call is ``cli.main``."""
+    root = SRC.parents[1]
+    found = set()
+    for path in [*root.glob("benchmarks/**/*.py"), *root.glob("scripts/*.py")]:
+        found |= {(path.relative_to(root).as_posix(), m) for m in _imports_of(path, ["x"])
+                  if m.startswith("amsmooth.cli") and m != "amsmooth.cli.main"}
+    assert not found, sorted(found)
+
+
+# Private attributes read on other objects, each with its reason; a new reach-in fails the test below.
+_PRIVATE_ATTRIBUTES_ALLOWED = {
+    ("pipeline.py", "pipe._execution_device"),      # diffusers' own device rule; execution_device() is its one reader
+    ("baselines/sld.py", "safe._encode_prompt"),    # diffusers' SLD pipeline has no public prompt encoder
+    ("families/mixin.py", "new._ams"),              # the same class: from_pipe copies the defense onto its new pipe
+    ("families/mixin.py", "new._ams_stage"),
+    ("families/mixin.py", "new._ams_spec"),
+    ("families/mixin.py", "pipeline._ams"),
+}
+
+
+def test_no_private_attribute_reach_ins() -> None:
+    """No ``obj._private`` on anything but ``self`` / ``cls`` outside the allowlist (issue 11: ``cache._data``,
+    ``ams._describe``); ``argparse._SubParsersAction`` (a type in register() signatures) is the stdlib's."""
+    found = set()
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "argparse"))):
+                found.add((rel, ast.unparse(node)))
+    assert found <= _PRIVATE_ATTRIBUTES_ALLOWED, sorted(found - _PRIVATE_ATTRIBUTES_ALLOWED)
+
+
+def _declared_distributions() -> set[str]:
+    project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]
+    reqs = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    return {re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """Each third-party module the package imports comes from a distribution pyproject.toml declares (issue 11:
+    huggingface_hub and psutil were imported but not declared)."""
+    dists = packages_distributions()
+    imported = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"amsmooth"})
+    missing = {m: dists.get(m) for m in third_party
+               if not {d.lower().replace("_", "-") for d in dists.get(m, [m])} & _declared_distributions()}
+    assert not missing, missing

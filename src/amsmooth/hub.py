@@ -1,6 +1,7 @@
 """Hugging Face Hub helpers shared by every loader (pipelines, U-Nets, text encoders, other families)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -37,3 +38,24 @@ def fetch_error(what: str, source: str, offline: bool, err: Exception) -> Amsmoo
 
 def _repo(source: str) -> str:
     return "/".join(source.split("/")[:2])
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/diffusers chatter out of the CLI's output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass

@@ -9,6 +9,7 @@ Pickles are never unpickled: ``.pt`` files are read with ``torch.load(weights_on
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,3 +114,44 @@ def _base_pipeline(model: str, dtype: torch.dtype, local_files_only: bool | None
 def _tiny(dtype: torch.dtype, img2img: bool):  # noqa: ANN202
     pipe = tiny_pipeline(img2img=img2img)  # float32; casting it anyway makes diffusers log a spurious warning
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def load_encoder(source: str, max_length: int | None = None, device: str | None = None):  # noqa: ANN201
+    """The text encoder of ``source``: 'tiny' (the shipped tiny random CLIP), 'lab' (the lab's MiniLM), 'minilm'
+    (the offline all-MiniLM-L6-v2), ``SRC[:NAME]`` for one encoder of an SDXL/SD3/Flux source, else a Hugging Face
+    id or folder (``TextEncoder.from_pretrained``)."""
+    from .encoders import TextEncoder, minilm_folder
+    from .hub import quiet_libraries
+    from .tiny import tiny_text_encoder
+
+    quiet_libraries()
+    if source == "tiny":
+        return tiny_text_encoder()
+    if source == "lab" and not os.path.exists(source):
+        from .lab.model import lab_text_encoder
+
+        return lab_text_encoder()
+    if is_family(source.split(":")[0]):
+        return family_encoder(source)
+    if source == "minilm" and not os.path.exists(source):
+        source = minilm_folder()
+    return TextEncoder.from_pretrained(source, max_length=max_length, device=device)
+
+
+def is_family(source: str) -> bool:
+    """A multi-encoder source: tiny-sdxl / tiny-sd3 / tiny-flux, or an SDXL/SD3/Flux diffusers folder."""
+    from .families.loading import family_of_source
+
+    return family_of_source(source, local_files_only=True) is not None
+
+
+def family_encoder(source: str):  # noqa: ANN201 - amsmooth.families.views.EncoderView
+    """One encoder of a multi-encoder family, ``SRC[:NAME]`` (default the first, e.g. ``tiny-sdxl:clip-g``)."""
+    from .families.loading import load_family_views
+
+    base, _, name = source.partition(":")
+    views = load_family_views(base)
+    names = [v.slot.name for v in views]
+    if name and name not in names:
+        raise AmsmoothError(f"{base} has no encoder {name!r}; it has: {', '.join(names)}")
+    return views[names.index(name) if name else 0]

@@ -72,3 +72,8 @@ class WordCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def is_high(sigma: float, sigma0: float) -> bool:
+    """A token is highlighted when its noise is at least doubled: σ ≥ 2σ0 (sim ≥ ln 2 / k)."""
+    return sigma0 > 0 and sigma >= 2 * sigma0

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ..errors import AmsmoothError
-from .common import quiet_libraries
-from .generate import DTYPES
+from ..hub import quiet_libraries
+from .model_options import DTYPES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

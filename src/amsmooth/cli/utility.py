@@ -9,8 +9,8 @@ from typing import Any
 
 from ..eval.defenses import DefenseSpec
 from ..eval.runner import IMAGES, Job, image_path, run_jobs
-from .eval import Run, add_defense_args, add_run_args, prepare, report_progress
-from .generate import add_generation_args, add_model_args
+from .model_options import add_generation_args, add_model_args
+from .runs import Run, add_defense_args, add_run_args, prepare, report_progress
 
 REFERENCE = "reference"  # RUN_DIR/reference/<set>/…: images of --reference-defense none
 CLIP_SKIPPED = ("CLIP score: skipped — no --clip SRC given. amsmooth ships no CLIP weights: pass a CLIP checkpoint "
@@ -83,9 +83,9 @@ def reference_folder(args: argparse.Namespace) -> str | None:
 
 def reference_pipeline(args: argparse.Namespace, device: Any) -> Any:
     """--reference-model's pipeline: undefended, without --unet / --text-encoder replacements."""
+    from ..hub import quiet_libraries
     from ..loading import load_pipeline
-    from .common import quiet_libraries
-    from .generate import resolve_dtype
+    from .model_options import resolve_dtype
 
     quiet_libraries()
     return load_pipeline(args.reference_model, device=device, dtype=resolve_dtype(args, device))

@@ -68,8 +68,8 @@ def lab_text_encoder():  # noqa: ANN201 - amsmooth.TextEncoder
     """The lab's ``TextEncoder``: MiniLM at 32 tokens, attention mask on (also in the diffusers pipeline)."""
     from transformers import AutoTokenizer, BertModel
 
-    from ..cli.common import minilm_folder, quiet_libraries
-    from ..encoders import TextEncoder
+    from ..encoders import TextEncoder, minilm_folder
+    from ..hub import quiet_libraries
 
     quiet_libraries()
     folder = minilm_folder()

@@ -16,13 +16,12 @@ import numpy as np
 import torch
 
 from ..certify import certify, typical_token_distance
-from ..cli.relevance import is_high
 from ..concepts import BUILTIN, Concept, resolve_concept
 from ..config import SmoothingConfig
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 from ..pipeline import DefendedPipeline
-from ..relevance import WordCache
+from ..relevance import WordCache, is_high
 from ..smoothing import AdaptiveMedianSmoothing
 
 DEFENSES = {"both": ("none", "ams"), "ams": ("ams",), "none": ("none",)}

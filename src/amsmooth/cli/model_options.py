@@ -1,0 +1,95 @@
+"""Options every image-making command shares: the model (--model, --unet, …, --dtype) and the generation
+settings (--seed, --steps, --guidance, …, --batch-size), with their checks and the model loader."""
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import AmsmoothError
+from ..hub import quiet_libraries
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    """--model (required unless ``default_model``), --unet, --text-encoder, --device, --dtype."""
+    p.add_argument("--model", required=default_model is None, default=default_model, metavar="SRC",
+                   help="SD 1.x/2.x, SDXL, SD3 or Flux pipeline: Hugging Face id, local diffusers folder, "
+                        "single-file .safetensors (SDXL/SD3/Flux), 'lab' (the small model trained here on a synthetic "
+                        "world), or 'tiny', 'tiny-sdxl', 'tiny-sd3', 'tiny-flux' (random, for smoke runs: their "
+                        "images are noise)" + (f"; default {default_model}" if default_model else ""))
+    p.add_argument("--unet", metavar="PATH", help="unlearned U-Net: diffusers folder, .safetensors, .pt/.ckpt")
+    p.add_argument("--transformer", metavar="PATH", help="unlearned SD3/Flux transformer: diffusers folder or "
+                                                          ".safetensors state dict")
+    p.add_argument("--text-encoder", metavar="PATH", help="replacement text encoder (folder or state dict)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 …")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 on CUDA, float32 on CPU")
+
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed when the prompt file gives none (default 0)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 50; 25 with --model lab)")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--height", type=int, help="pixels, divisible by 8 (default: the model's)")
+    p.add_argument("--width", type=int, help="pixels, divisible by 8 (default: the model's)")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--images-per-prompt", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="prompts per pipeline call (default 1): consecutive prompts with one guidance are "
+                        "generated together, each from its own seed's generator, so an image does not depend on "
+                        "its batch (byte-identical to batch 1 on CPU, see docs/evaluation.md)")
+
+
+
+def validate_generation(args: argparse.Namespace) -> None:
+    """Reject bad numbers before anything is loaded or written (and fill in the model's default steps)."""
+    if args.steps is None:
+        from ..loading import default_steps
+
+        args.steps = default_steps(getattr(args, "model", None) or "")
+    if args.steps < 1:
+        raise AmsmoothError(f"--steps must be >= 1, got {args.steps}")
+    for name in ("height", "width"):
+        v = getattr(args, name)
+        if v is not None and (v < 8 or v % 8):
+            raise AmsmoothError(f"--{name} must be a positive multiple of 8, got {v}")
+    if args.images_per_prompt < 1:
+        raise AmsmoothError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise AmsmoothError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+
+def resolve_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
+    if args.dtype:
+        return DTYPES[args.dtype]
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+
+def load_model(args: argparse.Namespace, device: torch.device | None = None,
+               img2img: bool = False) -> DiffusionPipeline:
+    """The pipeline of --model (+ --unet / --text-encoder replacements) on ``device`` (default: --device)."""
+    from ..loading import load_pipeline, resolve_device
+
+    quiet_libraries()
+    device = device or resolve_device(args.device)
+    return load_pipeline(args.model, unet=args.unet, text_encoder=args.text_encoder, device=device,
+                         dtype=resolve_dtype(args, device), img2img=img2img,
+                         transformer=getattr(args, "transformer", None))
+
+
+
+def generation_settings(args: argparse.Namespace):  # noqa: ANN201 - eval.runner.GenerationSettings
+    """The generation flags of ``add_generation_args`` as the data contract's per-case settings."""
+    from ..eval.runner import GenerationSettings
+
+    return GenerationSettings(args.images_per_prompt, args.steps, args.guidance, args.seed, args.height,
+                              args.width, args.negative_prompt)
