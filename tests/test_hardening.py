@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,11 +141,14 @@ def test_sigma_that_would_overflow_is_refused(capsys):
     assert 0.012 * 2.718281828 ** 9 < SIGMA_MAX
     assert main(["relevance", "a nude woman", "--encoder", "tiny", "--k", "200", "--format", "jsonl"]) == 2
     assert "exceeds" in one_line_error(capsys)
+    # certify printed `nan` before: now refused before any sampling
+    assert main(["certify", "a nude woman", "--encoder", "tiny", "--rho", "1", "--n", "7", "--k", "200"]) == 2
+    assert "exceeds" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("flag,value", [("--guidance", "nan"), ("--guidance", "inf"), ("--strength", "nan"),
                                         ("--sigma0", "nan"), ("--k", "-inf"), ("--seed", str(2**64)),
-                                        ("--seed", "-1")])
+                                        ("--seed", "-1"), ("--seed", "1e30"), ("--seed", "inf")])
 def test_generate_refuses_non_finite_numbers_and_bad_seeds(tmp_path, capsys, flag, value):
     out = tmp_path / "out"
     assert main(["generate", "a cat", *FAST, f"{flag}={value}", "--out", str(out)]) == 2
@@ -228,7 +233,7 @@ def test_first_minilm_use_prints_nothing_on_stdout(tmp_path, monkeypatch, capsys
     led stdout, breaking ``--format jsonl``. A fresh import and a fresh cache must print nothing."""
     import sys
 
-    from amsmooth.cli.common import minilm_folder
+    from amsmooth.encoders import minilm_folder
 
     monkeypatch.setenv("AMSMOOTH_CACHE_DIR", str(tmp_path))
     monkeypatch.delitem(sys.modules, "all_minilm_l6_v2", raising=False)
@@ -353,3 +358,15 @@ def test_smoothed_embedding_of_a_prompt_does_not_depend_on_its_batch(tiny_encode
     assert all(torch.equal(shared[i], ams.encode([p], g(5))[0]) for i, p in enumerate(prompts))
     with pytest.raises(AmsmoothError, match="one per prompt"):
         ams.encode(prompts, [g(1), g(2)])
+
+
+def test_a_usage_error_is_one_line_from_a_fresh_process(tmp_path):
+    """argparse's usage errors are amsmooth's one line too, and no library prints anything around it (transformers
+    warned twice about torchvision on import of every command before)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    code = "import sys; from amsmooth.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["generate", "a cat", "--seed", "1e30", "--out", str(tmp_path / "o")]
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and r.stdout == "", r
+    assert r.stderr.startswith("amsmooth: error: argument --seed") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "o").exists()

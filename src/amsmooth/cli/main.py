@@ -6,8 +6,10 @@ import importlib
 import math
 import sys
 import warnings
+from typing import NoReturn
 
 from ..errors import AmsmoothError
+from ..hub import quiet_libraries
 from ..prompts import seed_problem
 
 # Subcommand modules under amsmooth.cli (each defines register(subparsers) and sets args.func).
@@ -27,8 +29,16 @@ MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are amsmooth's one line (``amsmooth: error: …``, exit 2) instead of the usage
+    text plus a line; its subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise AmsmoothError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amsmooth", description="Adaptive Median Smoothing for concept-erased "
+    parser = Parser(prog="amsmooth", description="Adaptive Median Smoothing for concept-erased "
                                      "text-to-image diffusion models (Han et al., ICML 2025).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in MODULES:
@@ -49,9 +59,10 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input prints one line ``amsmooth: error: …`` and exits 2, never a traceback."""
-    args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries()          # before the commands import diffusers: no library chatter around our one line
     try:
+        args = build_parser().parse_args(argv)
+        warnings.filterwarnings("ignore", category=FutureWarning)
         check_numbers(args)
         return int(args.func(args) or 0)
     except AmsmoothError as e:
