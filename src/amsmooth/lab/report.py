@@ -109,9 +109,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    points: dict[tuple[float, float], list[str]] = {}          # rows that land on one point share one label
     for r in summary["rows"]:
-        ax.scatter(100 * r["benign_accuracy"], r["avg"], marker="o" if r["model"] == "esd" else "s")
-        ax.annotate(f"{r['model']}/{r['defense']}", (100 * r["benign_accuracy"], r["avg"]), fontsize=7)
+        xy = (round(100 * r["benign_accuracy"], 1), round(r["avg"], 1))
+        points.setdefault(xy, []).append(f"{r['model']}/{r['defense']}")
+        ax.scatter(*xy, marker="o" if r["model"] == "esd" else "s")
+    for xy, names in points.items():
+        ax.annotate(", ".join(names), xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("benign attribute accuracy (%)")
     ax.set_ylabel("average ASR (%)")
     ax.set_title("lab Table 1: robustness vs utility")
