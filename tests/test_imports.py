@@ -14,21 +14,24 @@ import amsmooth
 SRC = Path(amsmooth.__file__).parent
 
 
-def _amsmooth_imports(rel: str) -> set[str]:
-    """Modules of amsmooth that ``rel`` imports anywhere (module level or inside functions), as dotted names."""
-    path = SRC / rel
-    package = ["amsmooth", *Path(rel).parent.parts]
+def _imports_of(path: Path, package: list[str]) -> set[str]:
+    """Every module ``path`` imports anywhere, as dotted names; relative imports resolved against ``package``."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[:len(package) - node.level + 1]
                 found.add(".".join(base + ([node.module] if node.module else [])))
-            elif node.module and node.module.startswith("amsmooth"):
+            elif node.module:
                 found.add(node.module)
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("amsmooth"))
+            found.update(a.name for a in node.names)
     return found
+
+
+def _amsmooth_imports(rel: str) -> set[str]:
+    """Modules of amsmooth that ``rel`` imports anywhere (module level or inside functions), as dotted names."""
+    return {m for m in _imports_of(SRC / rel, ["amsmooth", *Path(rel).parent.parts]) if m.startswith("amsmooth")}
 
 
 def test_tiny_does_not_import_loading() -> None:
@@ -62,20 +65,6 @@ def test_no_private_names_imported_across_modules() -> None:
                 found.update((rel, a.name) for a in node.names
                              if a.name.startswith("_") and not a.name.startswith("__"))
     assert found <= _PRIVATE_IMPORTS_ALLOWED, sorted(found - _PRIVATE_IMPORTS_ALLOWED)
-
-
-def _imports_of(path: Path, package: list[str]) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[:len(package) - node.level + 1]
-                found.add(".".join(base + ([node.module] if node.module else [])))
-            elif node.module:
-                found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-    return found
 
 
 # lab/table.py runs the real commands in-process (`amsmooth.cli.main.main`), on purpose: the table exercises the
