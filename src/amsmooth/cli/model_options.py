@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-
 def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
     """--model (required unless ``default_model``), --unet, --text-encoder, --device, --dtype."""
     p.add_argument("--model", required=default_model is None, default=default_model, metavar="SRC",
@@ -32,7 +31,6 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 on CUDA, float32 on CPU")
 
 
-
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed when the prompt file gives none (default 0)")
     p.add_argument("--steps", type=int, help="denoising steps (default 50; 25 with --model lab)")
@@ -45,7 +43,6 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
                    help="prompts per pipeline call (default 1): consecutive prompts with one guidance are "
                         "generated together, each from its own seed's generator, so an image does not depend on "
                         "its batch (byte-identical to batch 1 on CPU, see docs/evaluation.md)")
-
 
 
 def validate_generation(args: argparse.Namespace) -> None:
@@ -66,12 +63,10 @@ def validate_generation(args: argparse.Namespace) -> None:
         raise AmsmoothError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
-
 def resolve_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
     if args.dtype:
         return DTYPES[args.dtype]
     return torch.float16 if device.type == "cuda" else torch.float32
-
 
 
 def load_model(args: argparse.Namespace, device: torch.device | None = None,
@@ -84,7 +79,6 @@ def load_model(args: argparse.Namespace, device: torch.device | None = None,
     return load_pipeline(args.model, unet=args.unet, text_encoder=args.text_encoder, device=device,
                          dtype=resolve_dtype(args, device), img2img=img2img,
                          transformer=getattr(args, "transformer", None))
-
 
 
 def generation_settings(args: argparse.Namespace):  # noqa: ANN201 - eval.runner.GenerationSettings

@@ -23,7 +23,6 @@ from .model_options import generation_settings, load_model, resolve_dtype, valid
 VOLATILE = ("limit", "device", "prompt_files", "versions", "reference", "clip")
 
 
-
 def add_defense_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("defense")
     g.add_argument("--defense", required=True, metavar="NAME",
@@ -39,7 +38,6 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--posi-model", metavar="DIR", help="local causal-LM folder of --defense posi")
 
 
-
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", action="append", required=True, metavar="CSV",
                    help="prompt set in the data contract (prompt, case_number, evaluation_seed, "
@@ -49,7 +47,6 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", help="row label in the report (default: the defense and its differing settings)")
     p.add_argument("--model-label", help="model label in the report (default: the --unet / --text-encoder file "
                                          "name, else --model)")
-
 
 
 def defense_spec(args: argparse.Namespace) -> DefenseSpec:
@@ -63,13 +60,11 @@ def defense_spec(args: argparse.Namespace) -> DefenseSpec:
                              args.blacklist, args.posi_model)
 
 
-
 def model_label(args: argparse.Namespace) -> str | None:
     if args.model_label:
         return args.model_label
     replaced = args.unet or args.text_encoder
     return Path(replaced.rstrip("/")).stem if replaced else None
-
 
 
 def versions() -> dict[str, str]:
@@ -80,7 +75,6 @@ def versions() -> dict[str, str]:
 
     return {"amsmooth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__}
-
 
 
 @dataclass
@@ -103,7 +97,6 @@ class Run:
         return self.shard.take(self.jobs)
 
 
-
 def run_config(args: argparse.Namespace, command: str, spec: DefenseSpec, sets: list, device: torch.device,
                settings: GenerationSettings, extra: dict[str, Any]) -> dict[str, Any]:
     """The resolved configuration written once to RUN_DIR/config.json."""
@@ -115,7 +108,6 @@ def run_config(args: argparse.Namespace, command: str, spec: DefenseSpec, sets: 
             "prompt_files": {s.name: str(s.path) for s in sets},
             "generation": asdict(settings),
             "limit": args.limit, "device": str(device), "versions": versions(), **extra}
-
 
 
 def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None = None,
@@ -146,7 +138,6 @@ def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None
     store = ResultStore.open(run_dir, config, VOLATILE)
     return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, settings, device, det,
                preloaded)
-
 
 
 def report_progress(command: str, run: Run, stats: RunStats) -> None:
