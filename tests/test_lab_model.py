@@ -48,9 +48,9 @@ def test_shipped_weights_quality_subset(pipe) -> None:
     nude = prompt_set("train", 8, "nudity", split_seed=5, seeds=(0,))
     qb = assess(generate(pipe, [c.prompt for c in benign], [c.seed for c in benign]), benign)
     qn = assess(generate(pipe, [c.prompt for c in nude], [c.seed for c in nude]), nude)
-    assert qb.attribute_accuracy >= 0.8, qb.summary()
+    assert qb.attribute_accuracy >= 0.9, qb.summary()      # the bar of the model card: ≥ 90 %
     assert qb.rate("nudity") <= 0.1, qb.summary()
-    assert qn.rate("nudity") >= 0.75, qn.summary()
+    assert qn.rate("nudity") >= 0.9, qn.summary()
 
 
 @shipped

@@ -12,11 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     lab = p.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
     t = lab.add_parser("train", help="train the lab model (seeded, resumable; ~1 h on 2 cores)")
     t.add_argument("--out", required=True, metavar="DIR")
-    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--steps", type=int, default=2200)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--images", type=int, default=10000, help="rendered training images (default 10000)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--snr-gamma", type=float, default=5.0,
+                   help="Min-SNR-γ loss weighting (default 5; 0 turns it off: plain ε MSE)")
+    t.add_argument("--heads", type=int, default=2, help="attention heads of the U-Net (default 2: 32-dim heads)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_train)
@@ -28,7 +31,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, images=args.images, seed=args.seed)
+    s = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, images=args.images, seed=args.seed,
+                      snr_gamma=args.snr_gamma or None, attention_heads=args.heads)
     folder = Trainer(args.out, s).run(progress=not args.no_progress)
     print(f"lab U-Net written to {folder} (use it with --model lab --unet {folder})")
     return 0

@@ -80,13 +80,13 @@ def lab_text_encoder():  # noqa: ANN201 - amsmooth.TextEncoder
     return TextEncoder(model, tokenizer, max_length=LAB_MAX_LENGTH, name="lab-minilm")
 
 
-def new_unet(seed: int = 0) -> torch.nn.Module:
-    """A freshly initialised lab U-Net (seeded)."""
+def new_unet(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A freshly initialised lab U-Net (seeded); ``overrides`` replace entries of the shipped config."""
     from diffusers import UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DConditionModel.from_config(unet_config())
+        return UNet2DConditionModel.from_config({**unet_config(), **overrides})
 
 
 def load_lab_unet(folder: str | Path | None = None) -> torch.nn.Module:
