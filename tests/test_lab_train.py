@@ -39,7 +39,7 @@ def test_a_resumed_run_gives_the_bytes_of_a_straight_run(tmp_path, monkeypatch) 
     straight = Trainer(tmp_path / "a", s).run(progress=False)
     step = Trainer.train_step
 
-    def interrupted(self, data):  # noqa: ANN001, ANN202 - the run is stopped during its third step
+    def interrupted(self, data):  # the run is stopped during its third step
         if self.step == 2:
             raise KeyboardInterrupt
         return step(self, data)
