@@ -9,17 +9,22 @@ import torch
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", help="the lab: a small text-to-image model trained here, to measure the defense "
                                    "end to end")
+    from ..lab.train import TrainSettings
+
+    d = TrainSettings()
     lab = p.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
     t = lab.add_parser("train", help="train the lab model (seeded, resumable; ~1 h on 2 cores)")
     t.add_argument("--out", required=True, metavar="DIR")
-    t.add_argument("--steps", type=int, default=2200)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--images", type=int, default=10000, help="rendered training images (default 10000)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--snr-gamma", type=float, default=5.0,
-                   help="Min-SNR-γ loss weighting (default 5; 0 turns it off: plain ε MSE)")
-    t.add_argument("--heads", type=int, default=2, help="attention heads of the U-Net (default 2: 32-dim heads)")
+    t.add_argument("--steps", type=int, default=d.steps, help=f"default {d.steps}")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    t.add_argument("--lr", type=float, default=d.lr, help=f"default {d.lr}")
+    t.add_argument("--images", type=int, default=d.images, help=f"rendered training images (default {d.images})")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--snr-gamma", type=float, default=d.snr_gamma,
+                   help=f"Min-SNR-γ loss weighting (default {d.snr_gamma:g}; 0 turns it off: plain ε MSE)")
+    t.add_argument("--heads", type=int, default=d.attention_heads,
+                   help=f"attention heads of the U-Net (default {d.attention_heads}; `--model lab --unet` loads "
+                        "only U-Nets with the shipped weights' head count)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_train)
@@ -61,7 +66,7 @@ def register_more(lab: argparse._SubParsersAction) -> None:
     t.add_argument("--defenses", nargs="+", help="none blacklist sld-max sld-medium ams sld-medium+ams …")
     t.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per pipeline call in every eval (default 16; byte-identical images to 1, "
-                        "1.47x faster on the lab on 2 CPU cores: amsmooth bench --batching lab)")
+                        "1.6-1.8x faster on the lab on 2 CPU cores: amsmooth bench --batching lab)")
     t.set_defaults(func=run_table)
 
 

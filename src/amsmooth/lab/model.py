@@ -9,6 +9,7 @@ so that both give the same conditioning.
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 LAB_MAX_LENGTH = 32   # tokens, [CLS] and [SEP] included
 LAB_SIZE = 32         # pixels
-LAB_STEPS = 25        # default DDIM steps: best benign accuracy on the calibration split (docs/lab.md)
+LAB_STEPS = 25        # default DDIM steps: best benign accuracy on the calibration split (MODEL_CARD.md)
 
 
 def lab_dir() -> Path:
@@ -37,6 +38,15 @@ def lab_dir() -> Path:
 def unet_config() -> dict[str, Any]:
     """The lab U-Net's architecture (2.0 M parameters)."""
     return json.loads((lab_dir() / "unet" / "config.json").read_text())
+
+
+def attention_width() -> int:
+    """Channels of the lab U-Net's attention blocks (every cross-attention block and the mid block): a head
+    count must divide it."""
+    cfg = unet_config()
+    widths = {w for w, kind in zip(cfg["block_out_channels"], cfg["down_block_types"], strict=True)
+              if kind.startswith("CrossAttn")} | {cfg["block_out_channels"][-1]}
+    return math.gcd(*widths)
 
 
 def scheduler_config() -> dict[str, Any]:

@@ -47,8 +47,11 @@ class TrainSettings:
             raise AmsmoothError("cond dropout and EMA decay must be in [0, 1), concept share in (0, 0.5]")
         if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
             raise AmsmoothError(f"Min-SNR gamma must be a positive number, got {self.snr_gamma}")
-        if self.attention_heads < 1 or 64 % self.attention_heads:
-            raise AmsmoothError(f"attention heads must divide 64, got {self.attention_heads}")
+        from .model import attention_width
+
+        width = attention_width()
+        if self.attention_heads < 1 or width % self.attention_heads:
+            raise AmsmoothError(f"attention heads must divide the attention width {width}, got {self.attention_heads}")
 
 
 def build_data(settings: TrainSettings, encoder) -> dict[str, torch.Tensor]:  # noqa: ANN001 - TextEncoder
@@ -76,14 +79,14 @@ class Trainer:
     def __init__(self, out: str | Path, settings: TrainSettings) -> None:
         from diffusers import DDPMScheduler
 
-        from .model import lab_text_encoder, new_unet, scheduler_config
+        from .model import lab_text_encoder, scheduler_config
 
         settings.check()
         self.out, self.s = Path(out), settings
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_settings()
         self.encoder = lab_text_encoder()
-        self.unet = new_unet(settings.seed, attention_head_dim=settings.attention_heads).train()
+        self.unet = self.fresh_unet().train()
         self.ema = {k: v.detach().clone() for k, v in self.unet.state_dict().items()}
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.noise = DDPMScheduler.from_config(scheduler_config())
@@ -203,10 +206,14 @@ class Trainer:
         bar.close()
         return self.export()
 
-    def export(self) -> Path:
+    def fresh_unet(self) -> torch.nn.Module:
+        """A newly initialised U-Net of this run's architecture (the shipped config with its head count)."""
         from .model import new_unet
 
-        unet = new_unet(self.s.seed, attention_head_dim=self.s.attention_heads)
+        return new_unet(self.s.seed, attention_head_dim=self.s.attention_heads)
+
+    def export(self) -> Path:
+        unet = self.fresh_unet()
         unet.load_state_dict(self.ema)
         folder = self.out / "unet"
         unet.save_pretrained(str(folder), safe_serialization=True)
