@@ -40,10 +40,31 @@ def test_writes_the_data_contract_ready_for_eval(tmp_path, prompts, capsys):
     assert all(r["exact"] in ("True", "False") and float(r["loss"]) > 0 for r in rows)   # whole vocabulary
     settings = json.loads(rows[0]["settings"])
     assert settings["config"]["tokens"] == 4 and settings["config"]["budget"] == "reference"
+    # explicit flags: the budget asked for was "reference", but the set says which settings are not
+    assert settings["departs_from_reference"] == {"tokens": {"value": 4, "reference": 16},
+                                                  "iterations": {"value": 2, "reference": 3000},
+                                                  "population": {"value": 6, "reference": 200}}
     assert settings["adaptive"] is False and settings["seed"] == 0
     cases = read_prompt_csv(out)                      # what `amsmooth eval` reads
     assert [c.seed for c in cases] == [11, 12, 13] and cases[0].prompt == rows[0]["prompt"]
-    assert "3 rab prompt(s) attacked now" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "3 rab prompt(s) attacked now" in text
+    assert "[NOT the reference settings: tokens 4 (reference 16), iterations 2 (reference 3000), " in text
+
+
+def test_resumes_a_set_written_before_departures_were_recorded(tmp_path, prompts, capsys):
+    out = tmp_path / "adv.csv"
+    _attack("--prompts", str(prompts), "--out", str(out), "--limit", "1", *FAST)
+    rows = _rows(out)
+    old = json.loads(rows[0]["settings"])
+    del old["departs_from_reference"]                  # as written by earlier versions
+    rows[0]["settings"] = json.dumps(old, sort_keys=True, separators=(",", ":"))
+    with out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert _attack("--prompts", str(prompts), "--out", str(out), *FAST) == 0
+    assert "2 rab prompt(s) attacked now, 1 already there" in capsys.readouterr().out
 
 
 def test_resume_skips_finished_cases_and_matches_a_full_run(tmp_path, prompts, capsys):

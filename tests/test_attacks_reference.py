@@ -70,6 +70,22 @@ def test_ring_a_bell_reference_defaults_per_concept(tiny_encoder, tiny_nudity):
     assert quick.budget == "quick" and quick.iterations < 3000
 
 
+def test_departures_list_every_setting_off_the_reference(tiny_encoder, tiny_nudity):
+    assert RingABell(tiny_encoder, tiny_nudity).departures() == {}
+    quick = RingABell(tiny_encoder, tiny_nudity, RingABell.make_config("quick")).departures()
+    assert quick == {"iterations": {"value": 10, "reference": 3000}, "population": {"value": 16, "reference": 200}}
+    # asked for the reference budget, with one flag changed: the label alone would say "reference"
+    cfg = RingABell.make_config("reference", iterations=4, eta=10.0)
+    assert cfg.budget == "reference"
+    assert RingABell(tiny_encoder, tiny_nudity, cfg).departures() == {
+        "eta": {"value": 10.0, "reference": 3.0}, "iterations": {"value": 4, "reference": 3000}}
+    # adaptive-only options have no reference value; another reference variant is not a departure
+    assert RingABell(tiny_encoder, tiny_nudity, RingABell.make_config(eot_samples=3)).departures() == {}
+    assert QFAttack(tiny_encoder, tiny_nudity, QFAttack.make_config(search="greedy")).departures() == {}
+    assert QFAttack(tiny_encoder, tiny_nudity, QFAttack.make_config(search="greedy", iterations=3)).departures() \
+        == {"iterations": {"value": 3, "reference": 1}}
+
+
 def test_ring_a_bell_concept_vector_file(tmp_path, tiny_encoder, tiny_nudity):
     path = tmp_path / "Nudity_vector.npy"
     np.save(path, tiny_nudity.direction.numpy())
@@ -172,7 +188,8 @@ def test_cli_qf_on_minilm_quick(tmp_path, prompts, minilm_dir, capsys):
     assert main(["attack", "qf", "--encoder", minilm_dir, "--prompts", str(prompts), "--out", str(out),
                  "--budget", "quick", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "budget quick: NOT the reference settings" in text and "95 % CI" in text
+    assert "NOT the reference settings: iterations 8 (reference 100), samples 16 (reference 100)" in text
+    assert "95 % CI" in text
     rows = _rows(out)
     settings = json.loads(rows[0]["settings"])
     assert settings["config"]["budget"] == "quick" and settings["config"]["search"] == "pgd"

@@ -49,6 +49,7 @@ class Size:
 SIZES = {
     "smoke": Size(8, 3, 1, 2, 1, 4, 2, 2, (0.0, 0.05)),
     "quick": Size(100, 16, 8, 6, 3, 8, 4, 8, (0.0, 0.024, 0.1)),
+    "quick20": Size(100, 16, 8, 20, 3, 8, 4, 8, (0.0, 0.024, 0.1)),      # quick's budgets, 20 source prompts
     "full": Size(500, 100, 50, 20, 3, 32, 30, 100, (0.0, 0.003, 0.006, 0.012, 0.024, 0.05, 0.1)),
 }
 
@@ -300,7 +301,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_const", const="quick", dest="size", help="a few minutes on 2 cores")
     p.add_argument("--smoke", action="store_const", const="smoke", dest="size", help="seconds; for tests")
-    p.add_argument("--size", choices=sorted(SIZES), help="smoke, quick or full (the default)")
+    p.add_argument("--size", choices=sorted(SIZES),
+                   help="smoke, quick, quick20 (quick's budgets, 20 source prompts) or full (the default)")
     p.add_argument("--encoder", help="text encoder (default: the offline MiniLM)")
     p.add_argument("--concept", default="nudity", help="built-in concept or a .safetensors concept file")
     p.add_argument("--data-dir", default=os.environ.get("AMSMOOTH_DATA_DIR"),

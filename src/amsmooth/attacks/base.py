@@ -7,7 +7,9 @@ the encoder's length. Each ``run`` takes its own ``torch.Generator``: same seed,
 
 Defaults are each attack's reference values (its paper and released code; the table in ``docs/attacks.md``).
 ``budget="quick"`` (``--budget quick``) swaps in the attack's :attr:`TextAttack.quick` settings, a labelled,
-much cheaper setting for CPU smoke runs that is *not* the reference.
+much cheaper setting for CPU smoke runs that is *not* the reference. Whatever the budget asked for,
+:meth:`TextAttack.departures` lists every setting that differs from the reference, and every written prompt set
+carries that list (``departs_from_reference``), so a set made with explicit flags is never taken for a reference one.
 
 Adaptive attacks (``smoothing`` set) draw the smoothing noise from a stream of their own, seeded from the case's
 generator seed (:func:`noise_generator`), so the search consumes exactly the draws of the plain attack.
@@ -34,6 +36,8 @@ from .vocab import MODES, Layout, Vocabulary
 
 Progress = Callable[[int, float], None]   # (iteration, best loss so far) after each iteration
 BUDGETS = ("reference", "quick")
+# Our own additions with no reference value (adaptive-attack options) and the budget label itself.
+NOT_REFERENCE_SETTINGS = ("budget", "eot_samples", "rerank", "rerank_draws")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class TextAttack:
     config_class: ClassVar[type] = AttackConfig
     quick: ClassVar[dict[str, Any]] = {}          # the labelled cheap CPU setting (``--budget quick``)
     vocabulary_kind: ClassVar[str] = "words"
+    variant_fields: ClassVar[tuple[str, ...]] = ()    # settings that pick a reference variant (QF's search, P4D-K)
     projection: ClassVar[str] = "l2"
 
     def __init__(self, encoder: TextEncoder, concept: Concept, config: SearchConfig | None = None,
@@ -141,6 +146,17 @@ class TextAttack:
     def resolve(self, config: SearchConfig) -> SearchConfig:
         """Fill defaults that depend on the encoder or concept (Ring-A-Bell's per-concept K and η)."""
         return config
+
+    def departures(self) -> dict[str, dict[str, Any]]:
+        """Settings of this run that differ from the reference's, as ``{name: {"value", "reference"}}``.
+
+        The reference is the class defaults for the same variant (``variant_fields``), resolved for this encoder
+        and concept; settings the reference leaves to the context (None: the U-Net attacks' image size, a target
+        prompt) and our adaptive-only options are not compared. Empty: the reference settings."""
+        ref = asdict(self.resolve(self.config_class(**{f: getattr(self.config, f) for f in self.variant_fields})))
+        ours = asdict(self.config)
+        return {k: {"value": v, "reference": ref[k]} for k, v in ours.items()
+                if k not in NOT_REFERENCE_SETTINGS and ref.get(k) is not None and v != ref[k]}
 
     @property
     def adaptive(self) -> bool:

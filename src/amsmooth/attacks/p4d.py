@@ -69,6 +69,7 @@ class P4D(UNetAttack):
     """P4D-N / P4D-K: tokens so that the unlearned U-Net predicts what the original predicts for the source."""
 
     name = "p4d"
+    variant_fields = ("variant",)                # P4D-N or P4D-K
     config_class = P4DConfig
     quick = {"iterations": 6, "select_every": 3, "select": "loss"}
     needs_original = True

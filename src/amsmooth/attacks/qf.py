@@ -128,6 +128,7 @@ class QFAttack(TextAttack):
     name = "qf"
     config_class = QFConfig
     quick = {"iterations": 8, "samples": 16, "top_n": 2}
+    variant_fields = ("search", "objective", "mask_phrase", "mask_sentences", "mask_threshold")
 
     def __init__(self, encoder: TextEncoder, concept: Any, config: QFConfig | None = None,
                  smoothing: AdaptiveMedianSmoothing | None = None, vocabulary: Any = None) -> None:

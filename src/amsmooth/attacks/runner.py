@@ -2,7 +2,8 @@
 
 Columns: ``case_number, prompt, evaluation_seed, evaluation_guidance`` (what ``amsmooth eval`` reads), then
 ``source_prompt, attack, adaptive, loss, exact, settings`` (``settings``: the resolved attack settings as JSON,
-the same on every row). Rerunning the same command skips finished case numbers; a file written with other
+the same on every row, with ``departs_from_reference``: each setting that differs from the attack's reference,
+empty for a reference run). Rerunning the same command skips finished case numbers; a file written with other
 settings is refused. Each prompt's generator is seeded from (seed, case_number), so a resumed run writes the
 same rows as an uninterrupted one.
 """
@@ -45,7 +46,8 @@ def attack_settings(attack: TextAttack, seed: int) -> dict[str, Any]:
     settings = {
         **attack.settings(),
         "format": FORMAT, "attack": attack.name, "adaptive": attack.adaptive, "seed": seed,
-        "config": attack.config.to_dict(), "encoder": attack.encoder.fingerprint(),
+        "config": attack.config.to_dict(), "departs_from_reference": attack.departures(),
+        "encoder": attack.encoder.fingerprint(),
         "concept": {"name": attack.concept.name, "direction_sha256": _tensor_sha(attack.concept.direction)},
         "smoothing": None if smoothing is None else {
             **smoothing.config.to_dict(),
@@ -80,13 +82,28 @@ def finished_cases(path: Path, settings: dict[str, Any]) -> dict[str, str]:
     _drop_partial_line(path)
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    mine = _compared(settings)
     for row in rows:
-        theirs = json.loads(row["settings"] or "{}")
-        if theirs != settings:
-            differ = config_diff(theirs, settings)
+        theirs = _compared(json.loads(row["settings"] or "{}"))
+        if theirs != mine:
+            differ = config_diff(theirs, mine)
             raise AmsmoothError(f"{path} was made with other settings (differing: {', '.join(differ)}); "
                                 "rerun with the same options to resume, or choose another --out")
     return {row["case_number"]: row["source_prompt"] for row in rows}
+
+
+def _compared(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide whether a file can be resumed: ``departs_from_reference`` is derived from the
+    config (compared anyway) and absent from files written before it existed."""
+    return {k: v for k, v in settings.items() if k != "departs_from_reference"}
+
+
+def describe_departures(departures: dict[str, dict[str, Any]]) -> str:
+    """``[NOT the reference settings: iterations 40 (reference 3000), …]``, or "" for a reference run."""
+    if not departures:
+        return ""
+    parts = ", ".join(f"{k} {d['value']} (reference {d['reference']})" for k, d in departures.items())
+    return f" [NOT the reference settings: {parts}]"
 
 
 def result_row(case: PromptCase, attack: TextAttack, result: AttackResult, settings_json: str) -> list:

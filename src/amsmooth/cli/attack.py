@@ -232,7 +232,7 @@ def build_unet_attack(args: argparse.Namespace, cls: type, config: Any,
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..attacks.runner import attack_cases, summarize
+    from ..attacks.runner import attack_cases, describe_departures, summarize
 
     if args.limit is not None and args.limit < 1:
         raise AmsmoothError(f"--limit must be >= 1, got {args.limit}")
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     attack = build_attack(args, cases)
     before, now = attack_cases(attack, cases, args.out, args.seed, progress=not args.no_progress)
     kind = "adaptive " if attack.adaptive else ""
-    label = " [budget quick: NOT the reference settings]" if attack.config.budget == "quick" else ""
+    label = describe_departures(attack.departures())
     print(f"wrote {args.out}: {now} {kind}{attack.name} prompt(s) attacked now, {before} already there "
           f"(seed {args.seed}){label}", file=sys.stdout)
     print(f"summary: {summarize(args.out, args.seed)}", file=sys.stdout)
