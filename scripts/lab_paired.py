@@ -1,0 +1,57 @@
+"""Paired differences of ASR between each defense and the undefended erased model, in a lab table run.
+
+    python scripts/lab_paired.py TABLE_DIR [--models esd uce]
+
+Every (erased model, defense) run of ``amsmooth lab table`` scores the same prompts with the same seeds, so the
+difference defense − none can be taken per prompt (mean over its seeds: case numbers are ``{prompt}-{seed}``) and
+bootstrapped over prompts (95 % percentile interval, 10 000 resamples, seeded). Printed per prompt set and pooled
+over the attack sets and over all concept and attack sets, in percentage points.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+from amsmooth.attacks.stats import paired_difference
+
+DEFENSES = ("ams", "blacklist", "sld-max", "sld-medium", "sld-medium+ams")
+
+
+def per_prompt(run: Path) -> dict[tuple[str, str], float]:
+    """(prompt set, prompt index) → share of its images flagged (over its seeds)."""
+    with sqlite3.connect(run / "results.sqlite") as db:
+        rows = db.execute("select prompt_set, case_number, flagged from results").fetchall()
+    out: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for name, case, flagged in rows:
+        out[(name, case.split("-")[0])].append(flagged)
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("table", type=Path)
+    p.add_argument("--models", nargs="+", default=["esd", "uce"])
+    args = p.parse_args()
+    plan = json.loads((args.table / "plan.json").read_text(encoding="utf-8"))
+    concept = [s for s in plan["sets"] if s not in ("lookalike", "benign")]
+    groups = [(s, [s]) for s in concept + plan["attacks"]]
+    groups += [("all attacks", plan["attacks"]), ("all concept + attack sets", concept + plan["attacks"])]
+    for model in args.models:
+        base = per_prompt(args.table / "runs" / f"{model}-none")
+        for defense in DEFENSES:
+            run = args.table / "runs" / f"{model}-{defense}"
+            if not run.is_dir():
+                continue
+            other = per_prompt(run)
+            for name, sets in groups:
+                keys = sorted(k for k in base if k[0] in sets)
+                diff = paired_difference([100 * other[k] for k in keys], [100 * base[k] for k in keys])
+                print(f"{model} {defense:<15} {name:<26} prompts {len(keys):3d}  {defense} − none: {diff}")
+            print()
+
+
+if __name__ == "__main__":
+    main()
