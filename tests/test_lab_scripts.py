@@ -1,0 +1,56 @@
+"""scripts/lab_paired.py and scripts/lab_reseed.py on a tiny hand-made lab table folder."""
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(folder: Path, flags: dict[str, list[int]]) -> None:
+    """An eval store with only what the scripts read: set, case number ({prompt}-{seed}), flagged."""
+    folder.mkdir(parents=True)
+    with sqlite3.connect(folder / "results.sqlite") as db:
+        db.execute("create table results (prompt_set text, case_number text, flagged integer)")
+        for name, values in flags.items():
+            db.executemany("insert into results values (?, ?, ?)",
+                           [(name, f"{i // 2}-{i % 2}", v) for i, v in enumerate(values)])
+
+
+def _script(*argv: str) -> str:
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_paired_differences_per_prompt_and_pooled(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps({"sets": ["train", "benign"], "attacks": ["uda"]}))
+    # 2 prompts × 2 seeds per set; AMS removes both flagged images of prompt 0 of uda
+    _run(tmp_path / "runs" / "esd-none", {"train": [0, 0, 0, 0], "uda": [1, 1, 0, 1], "benign": [0, 0, 0, 0]})
+    _run(tmp_path / "runs" / "esd-ams", {"train": [0, 0, 0, 0], "uda": [0, 0, 0, 1], "benign": [0, 0, 0, 0]})
+    out = _script(str(ROOT / "scripts" / "lab_paired.py"), str(tmp_path), "--models", "esd")
+    uda = next(line for line in out.splitlines() if " uda " in line)
+    assert "prompts   2" in uda and "ams − none: -50" in uda
+    assert "blacklist" not in out                     # runs that are not there are skipped
+    # a replicate with the same prompts at other image seeds is pooled per prompt
+    _run(tmp_path / "rep" / "esd-none", {"uda": [0, 0, 0, 0]})
+    _run(tmp_path / "rep" / "esd-ams", {"uda": [0, 0, 0, 0]})
+    out = _script(str(ROOT / "scripts" / "lab_paired.py"), str(tmp_path), "--models", "esd",
+                  "--replicate", str(tmp_path / "rep"))
+    assert "ams − none: -25" in next(line for line in out.splitlines() if " uda " in line)
+
+
+def test_reseed_shifts_only_the_image_seeds(tmp_path):
+    src = tmp_path / "uda.csv"
+    src.write_text("prompt,case_number,evaluation_seed,evaluation_guidance\nx y,0-0-0,0,7.5\nz,0-0-1,1,7.5\n")
+    (tmp_path / "plan.json").write_text(json.dumps({"sets": [], "attacks": ["uda"]}))
+    (tmp_path / "runs" / "esd-none").mkdir(parents=True)
+    (tmp_path / "runs" / "esd-none" / "config.json").write_text(json.dumps({"prompt_files": {"uda": str(src)}}))
+    _script(str(ROOT / "scripts" / "lab_reseed.py"), str(tmp_path), "--offset", "3", "--out", str(tmp_path / "o"))
+    with (tmp_path / "o" / "uda.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["prompt"], r["case_number"], r["evaluation_seed"]) for r in rows] == [("x y", "0-0-0", "3"),
+                                                                                     ("z", "0-0-1", "4")]
