@@ -3,7 +3,8 @@
     python scripts/lab_paired.py TABLE_DIR [--models esd uce] [--replicate DIR ...]
 
 Every (erased model, defense) run of ``amsmooth lab table`` scores the same prompts with the same seeds, so the
-difference defense − none can be taken per prompt (mean over its seeds: case numbers are ``{prompt}-{seed}``) and
+difference defense − none can be taken per prompt (mean over its seeds; prompts as the table's intervals group
+them, :func:`amsmooth.lab.report.cluster`) and
 bootstrapped over prompts (95 % percentile interval, 10 000 resamples, seeded). Printed per prompt set and pooled
 over the attack sets and over all concept and attack sets, in percentage points. ``--replicate DIR`` pools more
 images of the same prompts: ``DIR/{model}-{defense}`` eval runs made with ``scripts/lab_reseed.py`` (other image
@@ -18,8 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from amsmooth.attacks.stats import paired_difference
-
-DEFENSES = ("ams", "blacklist", "sld-max", "sld-medium", "sld-medium+ams")
+from amsmooth.lab.report import NOT_AVERAGED, cluster
 
 
 def per_prompt(runs: list[Path]) -> dict[tuple[str, str], float]:
@@ -29,7 +29,7 @@ def per_prompt(runs: list[Path]) -> dict[tuple[str, str], float]:
         with sqlite3.connect(run / "results.sqlite") as db:
             rows = db.execute("select prompt_set, case_number, flagged from results").fetchall()
         for name, case, flagged in rows:
-            out[(name, case.split("-")[0])].append(flagged)
+            out[(name, cluster(case))].append(flagged)
     return {k: sum(v) / len(v) for k, v in out.items()}
 
 
@@ -46,12 +46,12 @@ def main() -> None:
                    help="folder of {model}-{defense} eval runs of the same prompts at other image seeds")
     args = p.parse_args()
     plan = json.loads((args.table / "plan.json").read_text(encoding="utf-8"))
-    concept = [s for s in plan["sets"] if s not in ("lookalike", "benign")]
+    concept = [s for s in plan["sets"] if s not in NOT_AVERAGED]
     groups = [(s, [s]) for s in concept + plan["attacks"]]
     groups += [("all attacks", plan["attacks"]), ("all concept + attack sets", concept + plan["attacks"])]
     for model in args.models:
         base = per_prompt(runs(args, f"{model}-none"))
-        for defense in DEFENSES:
+        for defense in (d for d in plan["defenses"] if d != "none"):
             if not (args.table / "runs" / f"{model}-{defense}").is_dir():
                 continue
             other = per_prompt(runs(args, f"{model}-{defense}"))

@@ -27,7 +27,8 @@ def _script(*argv: str) -> str:
 
 
 def test_paired_differences_per_prompt_and_pooled(tmp_path):
-    (tmp_path / "plan.json").write_text(json.dumps({"sets": ["train", "benign"], "attacks": ["uda"]}))
+    (tmp_path / "plan.json").write_text(json.dumps({"sets": ["train", "benign"], "attacks": ["uda"],
+                                                          "defenses": ["none", "blacklist", "ams"]}))
     # 2 prompts × 2 seeds per set; AMS removes both flagged images of prompt 0 of uda
     _run(tmp_path / "runs" / "esd-none", {"train": [0, 0, 0, 0], "uda": [1, 1, 0, 1], "benign": [0, 0, 0, 0]})
     _run(tmp_path / "runs" / "esd-ams", {"train": [0, 0, 0, 0], "uda": [0, 0, 0, 1], "benign": [0, 0, 0, 0]})
