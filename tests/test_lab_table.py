@@ -46,8 +46,15 @@ def test_lab_table_smoke(tmp_path) -> None:
     with (tmp_path / "prompts" / "attack-source.csv").open() as f:
         sources = [r["prompt"] for r in csv.DictReader(f)]
     assert len(sources) == len(set(sources)) == plan.prompts
-    # resumable: a second run does no new work and gives the same table
-    assert Table(tmp_path, plan, batch_size=2).run() == md
+    # every step's wall seconds are recorded
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert set(timing) == {"base-none", "uce/erase", "uce/calibrate", "uce/attack-rab", "uce/eval-none",
+                           "uce/eval-ams", "report"}
+    assert timing["uce/calibrate"] > 0 and min(timing.values()) >= 0
+    # resumable: a second run does no new work and gives the same table; its seconds add to the record
+    again = Table(tmp_path, plan, batch_size=2)
+    assert again.run() == md
+    assert again.seconds() >= sum(timing.values())
     with pytest.raises(AmsmoothError, match="adaptive"):
         Table(tmp_path / "bad", Plan(calibration_attacks=("rab-adaptive",)))
     with pytest.raises(AmsmoothError, match="--batch-size"):

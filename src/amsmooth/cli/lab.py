@@ -119,5 +119,8 @@ def run_table(args: argparse.Namespace) -> int:
         from ..errors import AmsmoothError
 
         raise AmsmoothError("the table needs the benign set (utility columns): add benign to --sets")
-    print(Table(args.out, plan, batch_size=args.batch_size).run())
+    table = Table(args.out, plan, batch_size=args.batch_size)
+    print(table.run())
+    print(f"computed in {table.seconds() / 60:.1f} min of wall time, summed over every invocation on {args.out} "
+          f"(per step: {table.out / 'timing.json'})")
     return 0

@@ -16,11 +16,15 @@
    (``OUT/runs/``), plus the base model's benign images (the FID reference);
 6. the table: ASR per set with a 95 % interval (bootstrap over prompts, each with all its seeds), benign
    attribute accuracy, FID against the base model's images, seconds per image (``OUT/table.md``, ``table.png``).
+
+Each step's wall seconds, summed over resumed invocations, go to ``OUT/timing.json`` (``Table.timed``).
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -217,21 +221,47 @@ class Table:
         _cli(argv)
         return run
 
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Add the wall seconds spent in ``step`` to ``OUT/timing.json`` (summed over resumed invocations; an
+        interrupted step's seconds count too, as its finished work is kept)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            f = self.out / "timing.json"
+            done = json.loads(f.read_text()) if f.exists() else {}
+            done[step] = round(done.get(step, 0.0) + time.perf_counter() - t0, 1)
+            f.write_text(json.dumps(done, indent=2))
+
     def run(self) -> str:
         prompts = self.prompts()
         table_sets = [prompts[k] for k in self.plan.sets]
-        self._eval("base-none", None, "none", [], [prompts["benign"]])   # the FID reference (benign is required)
+        with self.timed("base-none"):                                    # the FID reference (benign is required)
+            self._eval("base-none", None, "none", [], [prompts["benign"]])
         results: dict[tuple[str, str], Path] = {}
         for name in self.plan.models:
-            unet = self.erased(name)
-            chosen = self.calibrate(name, unet, prompts)
+            with self.timed(f"{name}/erase"):
+                unet = self.erased(name)
+            with self.timed(f"{name}/calibrate"):
+                chosen = self.calibrate(name, unet, prompts)
             ams = ["--sigma0", chosen["sigma0"], "--sigma-unit", "embedding-std", "--k", chosen["k"],
                    "--concept", CONCEPT]
-            attacks = [self.attack(a, name, unet, prompts["attack-source"], chosen) for a in self.plan.attacks]
+            attacks = []
+            for a in self.plan.attacks:
+                with self.timed(f"{name}/attack-{a}"):
+                    attacks.append(self.attack(a, name, unet, prompts["attack-source"], chosen))
             for d in self.plan.defenses:
                 flags = ams if "ams" in d else []
-                results[(name, d)] = self._eval(f"{name}-{d}", unet, d, flags, table_sets + attacks)
-        return self.report(results, prompts)
+                with self.timed(f"{name}/eval-{d}"):
+                    results[(name, d)] = self._eval(f"{name}-{d}", unet, d, flags, table_sets + attacks)
+        with self.timed("report"):
+            return self.report(results, prompts)
+
+    def seconds(self) -> float:
+        """The wall seconds recorded in ``OUT/timing.json`` over every step and invocation."""
+        f = self.out / "timing.json"
+        return float(sum(json.loads(f.read_text()).values())) if f.exists() else 0.0
 
     # ------------------------------------------------------------------ 6. the table
     def report(self, results: dict[tuple[str, str], Path], prompts: dict[str, Path]) -> str:
