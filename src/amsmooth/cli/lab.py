@@ -57,7 +57,7 @@ def register_more(lab: argparse._SubParsersAction) -> None:
     t = lab.add_parser("table", help="the lab's Table 1: erase (ESD, UCE), attack, defend, detect; ASR with "
                                      "95 %% intervals, utility, time (resumable)")
     t.add_argument("--out", required=True, metavar="DIR")
-    t.add_argument("--quick", action="store_true", help="a small table (≤ 10 min on 2 cores)")
+    t.add_argument("--quick", action="store_true", help="a small table (≤ 10 min on 2 cores; the full one: 1 h 49 min)")
     t.add_argument("--prompts", type=int, help="distinct prompts per set (full 10, quick 4)")
     t.add_argument("--attack-prompts", type=int, help="source prompts per attack and seed (full 5, quick 2)")
     t.add_argument("--seeds", type=int, nargs="+", help="seeds (0 1 2)")
