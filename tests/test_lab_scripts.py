@@ -3,22 +3,22 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+from amsmooth.eval.store import ImageResult, ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(folder: Path, flags: dict[str, list[int]]) -> None:
-    """An eval store with only what the scripts read: set, case number ({prompt}-{seed}), flagged."""
+    """An eval store whose rows carry what the scripts read: set, case number ({prompt}-{seed}), flagged."""
     folder.mkdir(parents=True)
-    with sqlite3.connect(folder / "results.sqlite") as db:
-        db.execute("create table results (prompt_set text, case_number text, flagged integer)")
+    with ResultStore.open(folder, {"model": "lab", "defense": folder.name}) as store:
         for name, values in flags.items():
-            db.executemany("insert into results values (?, ?, ?)",
-                           [(name, f"{i // 2}-{i % 2}", v) for i, v in enumerate(values)])
+            for i, v in enumerate(values):
+                store.add(ImageResult(name, f"{i // 2}-{i % 2}", 0, "p", folder.name, flagged=bool(v)))
 
 
 def _script(*argv: str) -> str:

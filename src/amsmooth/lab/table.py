@@ -229,10 +229,13 @@ class Table:
         try:
             yield
         finally:
-            f = self.out / "timing.json"
-            done = json.loads(f.read_text()) if f.exists() else {}
+            done = self._timing()
             done[step] = round(done.get(step, 0.0) + time.perf_counter() - t0, 1)
-            f.write_text(json.dumps(done, indent=2))
+            (self.out / "timing.json").write_text(json.dumps(done, indent=2))
+
+    def _timing(self) -> dict[str, float]:
+        f = self.out / "timing.json"
+        return json.loads(f.read_text()) if f.exists() else {}
 
     def run(self) -> str:
         prompts = self.prompts()
@@ -260,8 +263,7 @@ class Table:
 
     def seconds(self) -> float:
         """The wall seconds recorded in ``OUT/timing.json`` over every step and invocation."""
-        f = self.out / "timing.json"
-        return float(sum(json.loads(f.read_text()).values())) if f.exists() else 0.0
+        return float(sum(self._timing().values()))
 
     # ------------------------------------------------------------------ 6. the table
     def report(self, results: dict[tuple[str, str], Path], prompts: dict[str, Path]) -> str:
