@@ -23,3 +23,24 @@ def test_embedding_std_unit_scales_sigma0_in_the_diffusers_class() -> None:
     unscaled = _sigmas(pipe, SmoothingConfig(sigma0=0.5, n=3))
     assert rel == pytest.approx(absolute, rel=1e-5)
     assert max(unscaled) > 10 * max(rel)
+
+
+def test_sigma_limit_is_checked_after_unit_conversion() -> None:
+    """σ0 = 2 embedding stds with k = 9 is ≈ 2·std·e^9 at most (far under SIGMA_MAX): accepted, while the same
+    σ0 read as absolute exceeds it; the limit still binds in std units once σ0·std·e^|k| passes it."""
+    from amsmooth.concepts import resolve_concept
+    from amsmooth.config import SIGMA_MAX
+    from amsmooth.errors import AmsmoothError
+    from amsmooth.smoothing import AdaptiveMedianSmoothing
+
+    enc = tiny_text_encoder()
+    concepts = [resolve_concept("nudity", enc)]
+    std = enc.embedding_std()
+    assert 2 * std * 2.718281828 ** 9 < SIGMA_MAX < 2 * 2.718281828 ** 9
+    ams = AdaptiveMedianSmoothing(enc, concepts, SmoothingConfig(sigma0=2.0, sigma_unit="embedding-std", k=9.0))
+    assert ams.sigma0 == pytest.approx(2.0 * std)
+    with pytest.raises(AmsmoothError, match="exceeds"):
+        SmoothingConfig(sigma0=2.0, k=9.0)                      # absolute: refused at the config
+    too_big = SIGMA_MAX / std * 2.718281828 ** -9 * 1.01
+    with pytest.raises(AmsmoothError, match="embedding std"):
+        AdaptiveMedianSmoothing(enc, concepts, SmoothingConfig(sigma0=too_big, sigma_unit="embedding-std", k=9.0))

@@ -16,6 +16,20 @@ SIGMA_MAX = 1e4
 SIGMA_UNITS = ("absolute", "embedding-std")
 
 
+def check_sigma_limit(sigma0: float, k: float, unit: float = 1.0, unit_name: str = "") -> None:
+    """Refuse a schedule whose largest σ, σ0·unit·exp(|k|) (sim = ±1), exceeds SIGMA_MAX.
+
+    ``sigma0`` is in units of ``unit`` (1 for absolute σ0; the encoder's token-embedding std for
+    ``sigma_unit = "embedding-std"``), so the limit always applies to the noise actually drawn."""
+    if sigma0 <= 0 or unit <= 0:
+        return
+    if math.log(sigma0) + math.log(unit) + abs(k) > math.log(SIGMA_MAX):
+        scale = f"{sigma0:g} {unit_name} (= {sigma0 * unit:g})" if unit_name else f"{sigma0:g}"
+        raise AmsmoothError(f"sigma0·exp(|k|) = {scale}·exp({abs(k):g}) exceeds {SIGMA_MAX:g}, the largest noise "
+                            "amsmooth allows (σ at sim = ±1 would drown the prompt and overflow); lower --k or "
+                            "--sigma0 (paper: sigma0 0.006-0.012, k 9)")
+
+
 @dataclass(frozen=True)
 class SmoothingConfig:
     """Every knob of Adaptive Median Smoothing, one field each."""
@@ -42,10 +56,8 @@ class SmoothingConfig:
             raise AmsmoothError(f"sigma_unit must be one of {', '.join(SIGMA_UNITS)}, got {self.sigma_unit!r}")
         if not math.isfinite(self.k):
             raise AmsmoothError(f"k must be a finite number, got {self.k}")
-        if self.sigma0 > 0 and math.log(self.sigma0) + abs(self.k) > math.log(SIGMA_MAX):
-            raise AmsmoothError(f"sigma0·exp(|k|) = {self.sigma0:g}·exp({abs(self.k):g}) exceeds {SIGMA_MAX:g}, the "
-                                "largest noise amsmooth allows (σ at sim = ±1 would drown the prompt and overflow); "
-                                "lower --k or --sigma0 (paper: sigma0 0.006-0.012, k 9)")
+        if self.sigma_unit == "absolute":   # in embedding-std units the encoder's std is needed: check_sigma_limit
+            check_sigma_limit(self.sigma0, self.k)
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise AmsmoothError(f"n must be an integer >= 1, got {self.n}")
         if self.max_batch < 1:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .concepts import Concept
-from .config import SmoothingConfig
+from .config import SmoothingConfig, check_sigma_limit
 from .encoders import TextEncoder, TokenizedBatch
 from .errors import AmsmoothError
 from .relevance import WordCache, combine_global, concept_cosine, differential_embeddings, noise_schedule, removals
@@ -70,6 +70,8 @@ class AdaptiveMedianSmoothing:
         self.directions = torch.stack([c.direction.float() for c in self.concepts]).to(encoder.device)
         self.cache = WordCache(self.config.cache_size)
         unit = encoder.embedding_std() if self.config.sigma_unit == "embedding-std" else 1.0
+        check_sigma_limit(self.config.sigma0, self.config.k, unit,
+                          "embedding std" if self.config.sigma_unit == "embedding-std" else "")
         self.sigma0 = self.config.sigma0 * unit   # σ0 in the embedding's own units
 
     # ------------------------------------------------------------------ Algorithm 1
