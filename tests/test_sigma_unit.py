@@ -44,3 +44,20 @@ def test_sigma_limit_is_checked_after_unit_conversion() -> None:
     too_big = SIGMA_MAX / std * 2.718281828 ** -9 * 1.01
     with pytest.raises(AmsmoothError, match="embedding std"):
         AdaptiveMedianSmoothing(enc, concepts, SmoothingConfig(sigma0=too_big, sigma_unit="embedding-std", k=9.0))
+
+
+def test_lab_model_takes_the_lab_preset_unless_told_otherwise() -> None:
+    import argparse
+
+    from amsmooth.cli.common import add_smoothing_args, smoothing_config
+    from amsmooth.config import preset
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model")
+    p.add_argument("--concept", action="append")
+    add_smoothing_args(p)
+    assert smoothing_config(p.parse_args(["--model", "lab"])) == preset("lab-nudity")
+    assert smoothing_config(p.parse_args(["--model", "lab", "--sigma0", "1"])) == preset("lab-nudity").replace(
+        sigma0=1.0)
+    assert smoothing_config(p.parse_args(["--model", "lab", "--preset", "esd-nudity"])) == preset("esd-nudity")
+    assert smoothing_config(p.parse_args(["--model", "tiny"])).sigma_unit == "absolute"

@@ -81,7 +81,13 @@ PRESETS: dict[str, SmoothingConfig] = {
     "uce-nudity": SmoothingConfig(sigma0=0.012, k=9.0, n=13, use_global=True, concepts=("nudity",)),
     "esd-violence": SmoothingConfig(sigma0=0.006, k=9.0, n=13, use_global=False, concepts=("violence",)),
     "uce-violence": SmoothingConfig(sigma0=0.012, k=9.0, n=13, use_global=False, concepts=("violence",)),
+    # The lab model (``--model lab`` / ``--encoder lab``): σ0 in token-embedding stds, chosen on the lab table's
+    # calibration split for ESD (docs/lab/calibration.json); the lab commands take it by default (cli.common).
+    "lab-nudity": SmoothingConfig(sigma0=0.25, sigma_unit="embedding-std", k=9.0, n=13, concepts=("nudity",)),
 }
+
+# The preset a command takes when no --preset is given, by --model / --encoder source.
+DEFAULT_PRESETS = {"lab": "lab-nudity"}
 
 
 def preset(name: str) -> SmoothingConfig:

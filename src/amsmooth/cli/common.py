@@ -5,7 +5,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import Field, fields
 
-from ..config import PRESETS, SmoothingConfig, preset
+from ..config import DEFAULT_PRESETS, PRESETS, SmoothingConfig, preset
 from ..errors import AmsmoothError
 from ..prompts import PromptCase, read_prompts_file
 
@@ -44,7 +44,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
     """--preset and one flag per SmoothingConfig field with a "cli" help text; ``with_n=False`` leaves ``--n``
     free for a subcommand's own sample count. Every flag defaults to None (= the preset's value, else the
     field's default), so a flag the user did not give never overrides a preset."""
-    p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (Appendix D)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (Appendix D), or the lab's "
+                   "(lab-nudity: the default with --model/--encoder lab)")
     for f in smoothing_fields(with_n):
         default = ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
         help_text = f"{f.metadata['cli']} (default {default})"
@@ -57,7 +58,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
 
 def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
     """Preset (if any), then explicit flags; flags map one-to-one onto SmoothingConfig fields."""
-    base = preset(args.preset) if getattr(args, "preset", None) else SmoothingConfig()
+    name = getattr(args, "preset", None) or default_preset(args)
+    base = preset(name) if name else SmoothingConfig()
     changes = {f.name: getattr(args, f.name) for f in smoothing_fields() if getattr(args, f.name, None) is not None}
     concepts = getattr(args, "concept", None)
     if concepts:
@@ -65,6 +67,14 @@ def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
     elif not base.concepts:
         changes["concepts"] = ("nudity",)
     return base.replace(**changes)
+
+
+def default_preset(args: argparse.Namespace) -> str | None:
+    """The preset of the model or encoder source (``--model lab`` → ``lab-nudity``), if it has one."""
+    for source in (getattr(args, "model", None), getattr(args, "encoder", None)):
+        if isinstance(source, str) and source in DEFAULT_PRESETS:
+            return DEFAULT_PRESETS[source]
+    return None
 
 
 def smoothing_flags_text(extra: tuple[str, ...] = ()) -> str:

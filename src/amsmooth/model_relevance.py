@@ -1,0 +1,113 @@
+"""Model-aware token relevance: what a token does to the *erased* U-Net, not to the text encoder.
+
+Algorithm 1 scores token j by cos(T(y) − T(y∖j), Δ_tgt) in the encoder's output space. This module lifts the same
+differential to the noise prediction of the model being defended:
+
+    Δε_j = ε_erased(x_t, T(y)) − ε_erased(x_t, T(y∖j))          (the token's effect, y∖j = y with token j removed)
+    d    = mean_k ε_ref(x_t, T(y+_k)) − ε_ref(x_t, T(y−_k))      (the concept's effect on the reference model)
+    sim_j = cos(Δε_j, d), over the flattened [P, C, H, W] of a fixed set of P probes (x_t, t)
+
+so a token scores high when removing it moves the erased model's prediction away from where the reference (the
+model before erasure) goes for the concept — whatever the token's words. It needs both U-Nets and (m+1)·P U-Net
+evaluations per prompt of m tokens, so it is the lab table's *oracle* arm (an upper bound on what a text-only score
+can give), not the default. σ_j = σ0·exp(k·sim_j) as in Sec. 3.4.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .concepts import Concept
+from .config import SmoothingConfig
+from .encoders import TextEncoder, TokenizedBatch
+from .errors import AmsmoothError
+from .relevance import concept_cosine, noise_schedule, removals
+from .smoothing import AdaptiveMedianSmoothing, Relevance
+
+
+@dataclass(frozen=True)
+class Probes:
+    """P fixed probe points of the denoising chain: ``x`` ``[P, C, H, W]`` and timesteps ``t`` ``[P]``."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+
+
+def make_probes(sample_shape: Sequence[int], timesteps: Sequence[int], per_timestep: int,
+                generator: torch.Generator | None) -> Probes:
+    """``per_timestep`` standard-normal x_t for each timestep (the prediction's input at pure noise level)."""
+    t = torch.tensor([s for s in timesteps for _ in range(per_timestep)], dtype=torch.long)
+    x = torch.randn((len(t), *sample_shape), generator=generator, dtype=torch.float32)
+    return Probes(x, t)
+
+
+def epsilon(unet: Any, probes: Probes, cond: torch.Tensor, max_batch: int = 64) -> torch.Tensor:
+    """ε(x_p, t_p, c_m) for every condition m and probe p: ``cond`` ``[M, L, D]`` → ``[M, P, C, H, W]``."""
+    M, P = cond.shape[0], probes.x.shape[0]
+    dev, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+    x = probes.x.to(dev, dtype).repeat(M, 1, 1, 1)
+    t = probes.t.to(dev).repeat(M)
+    c = cond.to(dev, dtype).repeat_interleave(P, dim=0)
+    outs = []
+    with torch.no_grad():
+        for s in range(0, M * P, max_batch):
+            sl = slice(s, s + max_batch)
+            outs.append(unet(x[sl], t[sl], encoder_hidden_states=c[sl]).sample.float())
+    return torch.cat(outs).reshape(M, P, *probes.x.shape[1:])
+
+
+def concept_epsilon_direction(ref_unet: Any, encoder: TextEncoder, positives: Sequence[str],
+                              negatives: Sequence[str], probes: Probes) -> torch.Tensor:
+    """d = mean_k ε_ref(T(y+_k)) − ε_ref(T(y−_k)) on the probes: ``[P, C, H, W]``."""
+    if not positives or len(positives) != len(negatives):
+        raise AmsmoothError("the model-aware concept direction needs equally many positive and negative prompts")
+    total = None
+    for s in range(0, len(positives), 16):
+        emb = encoder.encode(list(positives[s:s + 16]) + list(negatives[s:s + 16])).float()
+        eps = epsilon(ref_unet, probes, emb)
+        half = eps.shape[0] // 2
+        diff = (eps[:half] - eps[half:]).sum(0)
+        total = diff if total is None else total + diff
+    return total / len(positives)
+
+
+def token_effect_sims(unet: Any, encoder: TextEncoder, content_ids: Sequence[int], probes: Probes,
+                      direction: torch.Tensor) -> torch.Tensor:
+    """cos(ε(T(y)) − ε(T(y∖j)), d) for each of the m prompt tokens j: ``[m]``."""
+    if not content_ids:
+        return torch.zeros(0)
+    ids, mask = encoder.build_ids(removals(content_ids))
+    cond = encoder.encode_chunked(ids, mask, 512)
+    eps = epsilon(unet, probes, cond)
+    return concept_cosine(eps[:1] - eps[1:], direction.unsqueeze(0))[:, 0].cpu()
+
+
+class ModelAwareSmoothing(AdaptiveMedianSmoothing):
+    """AMS whose σ comes from :func:`token_effect_sims` on the defended (erased) U-Net (cached per prompt)."""
+
+    def __init__(self, encoder: TextEncoder, concepts: Sequence[Concept], config: SmoothingConfig,
+                 unet: Any, direction: torch.Tensor, probes: Probes) -> None:
+        super().__init__(encoder, concepts, config)
+        self.unet, self.direction, self.probes = unet, direction, probes
+        self._prompt_sims: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _effects(self, content_ids: tuple[int, ...]) -> torch.Tensor:
+        if content_ids not in self._prompt_sims:
+            self._prompt_sims[content_ids] = token_effect_sims(self.unet, self.encoder, content_ids, self.probes,
+                                                               self.direction)
+        return self._prompt_sims[content_ids]
+
+    def scores(self, batch: TokenizedBatch) -> Relevance:
+        """sim ``[B, L]`` at the prompt tokens (0 elsewhere), then σ; sim_local = sim, no global part."""
+        sim = torch.zeros(len(batch), self.encoder.max_length)
+        for b in range(len(batch)):
+            ids = tuple(batch.content_ids[b])
+            if ids:
+                start = int(batch.content_mask[b].nonzero()[0])
+                sim[b, start:start + len(ids)] = self._effects(ids)
+        sim = sim * batch.content_mask
+        sigma = noise_schedule(sim, self.sigma0, self.config.k, batch.content_mask, self.config.noise_special_tokens)
+        return Relevance(sim, sim, None, sigma)
