@@ -1,0 +1,47 @@
+"""Model-aware relevance (amsmooth.model_relevance): token effects on a U-Net's ε toward a concept's ε-direction."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amsmooth.config import SmoothingConfig
+from amsmooth.lab.model import lab_dir
+
+shipped = pytest.mark.skipif(not (lab_dir() / "unet" / "diffusion_pytorch_model.safetensors").is_file(),
+                             reason="the lab weights are not shipped in this checkout")
+
+
+def test_probes_are_seeded_and_epsilon_is_batched_per_condition() -> None:
+    from amsmooth.model_relevance import epsilon, make_probes
+    from amsmooth.tiny import tiny_pipeline
+
+    a = make_probes((4, 8, 8), (10, 500), 2, torch.Generator().manual_seed(3))
+    b = make_probes((4, 8, 8), (10, 500), 2, torch.Generator().manual_seed(3))
+    assert torch.equal(a.x, b.x) and a.t.tolist() == [10, 10, 500, 500]
+    unet = tiny_pipeline().unet
+    cond = torch.randn(3, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(0))
+    eps = epsilon(unet, a, cond, max_batch=5)                      # chunks that cut across conditions
+    assert eps.shape == (3, 4, 4, 8, 8)
+    one = unet(a.x[2:3], a.t[2:3], encoder_hidden_states=cond[1:2]).sample
+    assert torch.allclose(eps[1, 2], one[0], atol=1e-5)
+
+
+@shipped
+def test_model_aware_relevance_flags_the_concept_words_on_the_lab_model() -> None:
+    from amsmooth.concepts import builtin_pairs_path, read_pairs, resolve_concept
+    from amsmooth.lab.model import lab_text_encoder, load_lab_unet
+    from amsmooth.model_relevance import ModelAwareSmoothing, concept_epsilon_direction, make_probes
+
+    enc, unet = lab_text_encoder(), load_lab_unet().eval()
+    pos, neg, _ = read_pairs(builtin_pairs_path("nudity"))
+    probes = make_probes((3, 32, 32), (250, 500, 750), 1, torch.Generator().manual_seed(0))
+    d = concept_epsilon_direction(unet, enc, pos[:8], neg[:8], probes)
+    ams = ModelAwareSmoothing(enc, [resolve_concept("nudity", enc)],
+                              SmoothingConfig(sigma0=0.5, sigma_unit="embedding-std", k=9.0), unet, d, probes)
+    rec = ams.relevance(["a naked woman on a beach", "a naked woman on a beach"])
+    sims = {t["token"]: t["sim"] for t in rec[0]["tokens"]}
+    assert max(sims, key=sims.get) == "naked" and sims["naked"] > 0.5 > sims["beach"]
+    assert rec[0] == {**rec[1]}                                     # cached per prompt: the same record
+    batch = enc.tokenize(["a naked woman on a beach"])
+    rel = ams.scores(batch)
+    assert rel.sigma.shape == (1, enc.max_length) and float(rel.sigma[~batch.content_mask].abs().max()) == 0.0
