@@ -7,27 +7,29 @@ from typing import Any
 
 from .errors import AmsmoothError
 
-# The largest per-token noise allowed: σ_j = σ0·exp(k·sim_j) with |sim_j| <= 1 (a cosine) is at most σ0·e^|k|.
-# Beyond it the noise drowns any prompt (token embeddings are O(1)) and, past ~1e19 in float32 (6e4 in float16),
-# overflows to inf: black images, NaN certificates. Configs whose worst case exceeds it are refused, not clamped.
+# The largest per-token noise allowed: σ_j = σ0·exp(k·sim_j). Beyond it the noise drowns any prompt (token
+# embeddings are O(0.01-1)) and, past 6.5e4 in float16 (3e38 in float32), overflows to inf: black images, NaN
+# certificates. Two checks: a setting whose σ would overflow float32 even at sim = ±1 is refused when it is
+# configured (check_sigma_limit, after the unit conversion); any σ actually drawn above SIGMA_MAX is refused when
+# it is computed (relevance.noise_schedule) — so k = 20 is usable where the concept's scores stay small.
 SIGMA_MAX = 1e4
+SIGMA_OVERFLOW = 1e37
 
 
 SIGMA_UNITS = ("absolute", "embedding-std")
 
 
 def check_sigma_limit(sigma0: float, k: float, unit: float = 1.0, unit_name: str = "") -> None:
-    """Refuse a schedule whose largest σ, σ0·unit·exp(|k|) (sim = ±1), exceeds SIGMA_MAX.
+    """Refuse a schedule whose σ at sim = ±1, σ0·unit·exp(|k|), would overflow float32 (SIGMA_OVERFLOW).
 
     ``sigma0`` is in units of ``unit`` (1 for absolute σ0; the encoder's token-embedding std for
     ``sigma_unit = "embedding-std"``), so the limit always applies to the noise actually drawn."""
     if sigma0 <= 0 or unit <= 0:
         return
-    if math.log(sigma0) + math.log(unit) + abs(k) > math.log(SIGMA_MAX):
+    if math.log(sigma0) + math.log(unit) + abs(k) > math.log(SIGMA_OVERFLOW):
         scale = f"{sigma0:g} {unit_name} (= {sigma0 * unit:g})" if unit_name else f"{sigma0:g}"
-        raise AmsmoothError(f"sigma0·exp(|k|) = {scale}·exp({abs(k):g}) exceeds {SIGMA_MAX:g}, the largest noise "
-                            "amsmooth allows (σ at sim = ±1 would drown the prompt and overflow); lower --k or "
-                            "--sigma0 (paper: sigma0 0.006-0.012, k 9)")
+        raise AmsmoothError(f"sigma0·exp(|k|) = {scale}·exp({abs(k):g}) exceeds {SIGMA_OVERFLOW:g}: the noise "
+                            "would overflow; lower --k or --sigma0 (paper: sigma0 0.006-0.012, k 9)")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from .config import SIGMA_MAX
+from .errors import AmsmoothError
+
 
 def removals(ids: Sequence[int]) -> list[tuple[int, ...]]:
     """The sequence itself, then the sequence with each token removed (closed up): 1 + len(ids) tuples."""
@@ -35,8 +38,15 @@ def combine_global(sim_local: torch.Tensor, sim_global: torch.Tensor) -> torch.T
 
 def noise_schedule(sim: torch.Tensor, sigma0: float, k: float, prompt_mask: torch.Tensor,
                    noise_special_tokens: bool = False) -> torch.Tensor:
-    """σ_j = σ0·exp(k·sim_j) on prompt tokens; special tokens get 0 (or σ0 if configured). ``[B, L]``."""
+    """σ_j = σ0·exp(k·sim_j) on prompt tokens; special tokens get 0 (or σ0 if configured). ``[B, L]``.
+
+    A σ above SIGMA_MAX on a prompt token is refused (AmsmoothError), never clamped."""
     sigma = sigma0 * torch.exp(k * sim.float())
+    drawn = sigma[prompt_mask]
+    if drawn.numel() and not float(drawn.max()) <= SIGMA_MAX:
+        raise AmsmoothError(f"a token's noise σ = σ0·exp(k·sim) = {float(drawn.max()):.4g} (sim "
+                            f"{float(sim[prompt_mask].float().max()):.3f}) exceeds {SIGMA_MAX:g}, the largest "
+                            "amsmooth draws (it would drown the prompt); lower --k or --sigma0")
     other = torch.full_like(sigma, sigma0 if noise_special_tokens else 0.0)
     return torch.where(prompt_mask, sigma, other)
 
