@@ -45,3 +45,21 @@ def test_model_aware_relevance_flags_the_concept_words_on_the_lab_model() -> Non
     batch = enc.tokenize(["a naked woman on a beach"])
     rel = ams.scores(batch)
     assert rel.sigma.shape == (1, enc.max_length) and float(rel.sigma[~batch.content_mask].abs().max()) == 0.0
+
+
+def test_eval_model_aware_on_tiny_records_its_settings_and_refuses_without_ams(tmp_path, capsys) -> None:
+    import json
+
+    from amsmooth.cli.main import main
+
+    csv = tmp_path / "p.csv"
+    csv.write_text("prompt,case_number,evaluation_seed,evaluation_guidance\na nude person,0,0,7.5\n")
+    common = ["eval", "--model", "tiny", "--detector", "lab-nudity", "--prompts", str(csv), "--steps", "2"]
+    assert main([*common, "--defense", "none", "--model-aware", "base", "--out", str(tmp_path / "x")]) == 2
+    assert "need AMS" in capsys.readouterr().err or not (tmp_path / "x").exists()
+    assert main([*common, "--defense", "ams", "--model-aware", "base", "--out", str(tmp_path / "r")]) == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())["defense_config"]
+    assert cfg["relevance"] == "model-aware" and cfg["model_aware_reference"] == "base"
+    assert main([*common, "--defense", "ams", "--model-aware", "base", "--concept", "nudity", "--concept",
+                 "violence", "--out", str(tmp_path / "two")]) == 2
+    assert "one --concept" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .concepts import Concept
+from .concepts import BUILTIN, Concept, builtin_pairs_path, read_pairs
 from .config import SmoothingConfig
 from .encoders import TextEncoder, TokenizedBatch
 from .errors import AmsmoothError
@@ -111,3 +111,34 @@ class ModelAwareSmoothing(AdaptiveMedianSmoothing):
         sim = sim * batch.content_mask
         sigma = noise_schedule(sim, self.sigma0, self.config.k, batch.content_mask, self.config.noise_special_tokens)
         return Relevance(sim, sim, None, sigma)
+
+
+# The probes and pairs of the oracle arm (docs/lab.md): 3 timesteps × 2 draws, the concept's first 32 pairs.
+PROBE_TIMESTEPS = (250, 500, 750)
+PROBES_PER_TIMESTEP = 2
+MAX_PAIRS = 32
+
+
+def model_aware_settings(reference: str) -> dict[str, Any]:
+    """What a run records of the model-aware relevance (``defense_config``)."""
+    return {"relevance": "model-aware", "model_aware_reference": reference, "probe_timesteps": list(PROBE_TIMESTEPS),
+            "probes_per_timestep": PROBES_PER_TIMESTEP, "probe_seed": 0, "max_pairs": MAX_PAIRS}
+
+
+def attach_model_aware(pipeline: Any, reference_unet: Any, concept: str) -> None:
+    """Replace the AMS relevance of a defended single-encoder U-Net pipeline by :class:`ModelAwareSmoothing`:
+    token effects on ``pipeline.unet`` toward ``reference_unet``'s ε-direction of the built-in ``concept``."""
+    defense = getattr(pipeline, "defense", None)
+    if defense is None or len(defense.views) != 1 or getattr(pipeline, "unet", None) is None:
+        raise AmsmoothError("model-aware relevance needs an AMS-defended pipeline with one text encoder and a U-Net "
+                            "(SD 1.x/2.x, the lab model)")
+    if concept not in BUILTIN:
+        raise AmsmoothError(f"model-aware relevance needs a built-in concept's prompt pairs, got {concept!r}")
+    pos, neg, _ = read_pairs(builtin_pairs_path(concept))
+    unet = pipeline.unet
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    probes = make_probes(shape, PROBE_TIMESTEPS, PROBES_PER_TIMESTEP, torch.Generator().manual_seed(0))
+    view = defense.views[0]
+    old = defense.ams[view.slot.name]
+    direction = concept_epsilon_direction(reference_unet, view, pos[:MAX_PAIRS], neg[:MAX_PAIRS], probes)
+    defense.ams[view.slot.name] = ModelAwareSmoothing(view, old.concepts, old.config, unet, direction, probes)

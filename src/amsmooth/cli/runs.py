@@ -15,6 +15,7 @@ from ..eval.defenses import DEFENSES, Defense, DefenseSpec
 from ..eval.runner import GenerationSettings, Job, RunStats, Shard, load_prompt_sets, make_jobs, process_shard
 from ..eval.store import ResultStore
 from ..io import check_writable_dir
+from ..model_relevance import attach_model_aware
 from ..pipeline import STAGES
 from .common import SMOOTHING_OPTIONS, add_concept_args, add_smoothing_args, smoothing_config, smoothing_flags_text
 from .model_options import generation_settings, load_model, resolve_dtype, validate_generation
@@ -36,6 +37,10 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--blacklist", metavar="PATH", help="word list of --defense blacklist, one word/phrase a line "
                                                        "(default: amsmooth's short list; see docs/evaluation.md)")
     g.add_argument("--posi-model", metavar="DIR", help="local causal-LM folder of --defense posi")
+    g.add_argument("--model-aware", metavar="REF",
+                   help="AMS relevance from the model (the lab table's oracle arm): each token's effect on the "
+                        "defended U-Net's noise prediction toward REF's concept direction; REF: 'base' (--model's "
+                        "own U-Net) or a U-Net file (docs/method.md)")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +62,7 @@ def defense_spec(args: argparse.Namespace) -> DefenseSpec:
                             "use --defense ams, or add --ams to another defense")
     name = "ams" if args.defense == "none" and args.ams else args.defense
     return DefenseSpec.parse(name, smoothing_config(args) if ams else None, args.smoothing_stage,
-                             args.blacklist, args.posi_model)
+                             args.blacklist, args.posi_model, getattr(args, "model_aware", None))
 
 
 def model_label(args: argparse.Namespace) -> str | None:
@@ -134,10 +139,20 @@ def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None
     ResultStore.check(run_dir, config, VOLATILE)
     pipe = load_model(args, device)
     defense = spec.build(pipe, device)
+    if spec.model_aware:
+        attach_model_aware(defense.pipeline, reference_unet(args.model, spec.model_aware, device),
+                           spec.ams.concepts[0])
     preloaded = preload(device) if preload is not None else None
     store = ResultStore.open(run_dir, config, VOLATILE)
     return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, settings, device, det,
                preloaded)
+
+
+def reference_unet(model: str, reference: str, device: torch.device) -> Any:
+    """The U-Net of --model-aware: 'base' is --model's own (before --unet), else --model with that U-Net file."""
+    from ..loading import load_pipeline
+
+    return load_pipeline(model, unet=None if reference == "base" else reference, device=device).unet.eval()
 
 
 def report_progress(command: str, run: Run, stats: RunStats) -> None:

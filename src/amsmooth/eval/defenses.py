@@ -24,6 +24,7 @@ from ..batching import per_prompt_small_gemms
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
 from ..families import undefended
+from ..model_relevance import model_aware_settings
 from ..pipeline import STAGES, DefendedPipeline
 
 DEFENSES = ("none", "ams", "blacklist", "posi", *SLD_PRESETS)
@@ -39,10 +40,12 @@ class DefenseSpec:
     stage: str = "text"
     blacklist: str | None = None     # word-list path; None: the shipped default list
     posi_model: str | None = None    # local causal-LM folder (POSI)
+    model_aware: str | None = None   # AMS relevance from the U-Net (model_relevance): "base" or a reference U-Net
 
     @classmethod
     def parse(cls, defense: str, ams: SmoothingConfig | None = None, stage: str = "text",
-              blacklist: str | None = None, posi_model: str | None = None) -> DefenseSpec:
+              blacklist: str | None = None, posi_model: str | None = None,
+              model_aware: str | None = None) -> DefenseSpec:
         """From the CLI's ``--defense NAME`` (``ams`` = ``none`` + AMS) and AMS config; checks the combination."""
         if defense not in DEFENSES:
             raise AmsmoothError(f"unknown defense {defense!r}; choose one of: {', '.join(DEFENSES)} "
@@ -59,7 +62,10 @@ class DefenseSpec:
             raise AmsmoothError("--blacklist is the word list of --defense blacklist; it has no effect here")
         if posi_model and base != "posi":
             raise AmsmoothError("--posi-model is the rewriter of --defense posi; it has no effect here")
-        return cls(base, ams, stage, blacklist, posi_model)
+        if model_aware and (ams is None or stage != "text" or len(ams.concepts) != 1):
+            raise AmsmoothError("--model-aware sets AMS's relevance: it needs --defense ams (or --ams), the text "
+                                "stage and one --concept")
+        return cls(base, ams, stage, blacklist, posi_model, model_aware)
 
     @property
     def name(self) -> str:
@@ -82,6 +88,8 @@ class DefenseSpec:
         if self.ams is not None:
             out.update({k: v for k, v in self.ams.to_dict().items() if k not in PERFORMANCE_KNOBS},
                        smoothing_stage=self.stage)
+        if self.model_aware:
+            out.update(model_aware_settings(self.model_aware))
         return out
 
     @functools.cached_property
