@@ -2,6 +2,7 @@
 plan of two prompts and one seed (FID needs two images)."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -26,30 +27,41 @@ def test_bootstrap_interval_covers_the_rate_and_widens_with_disagreement() -> No
 def test_lab_table_smoke(tmp_path) -> None:
     from amsmooth.lab.table import Plan, Table
 
-    plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, seeds=(0,), steps=3,
-                sets=("train", "benign"), attacks=("rab",), defenses=("none", "ams"), models=("uce",),
-                calibration_attacks=("rab",), sigma0_grid=(0.1,), k_grid=(3.0,), label="smoke")
+    arms = ("none", "ams", "ams-equal", "ams-oracle")
+    plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, calibration_benign_prompts=2,
+                calibration_seeds=(0,), seeds=(0,), image_seeds=(0, 1), steps=3, sets=("train", "benign"),
+                attacks=("rab",), defenses=arms, models=("uce",), calibration_attacks=("rab",), sigma0_grid=(0.1,),
+                k_grid=(3.0,), equal_sigma0_grid=(0.1, 0.2), oracle_sigma0_grid=(0.1,), oracle_k_grid=(3.0,),
+                attack_budget="lab", label="smoke")
     md = Table(tmp_path, plan, batch_size=2).run()
     assert "batch size 2" in md
-    assert "| uce | none |" in md and "| uce | ams |" in md and "rab" in md
+    assert all(f"| uce | {d} |" in md for d in arms) and "rab" in md
     summary = json.loads((tmp_path / "table.json").read_text())
-    assert {r["defense"] for r in summary["rows"]} == {"none", "ams"}
+    assert {r["defense"] for r in summary["rows"]} == set(arms)
+    assert {(r["a"], r["b"], r["sets"]) for r in summary["paired"]} >= {("ams", "none", "all attacks"),
+                                                                         ("ams", "ams-equal", "rab")}
+    assert "| uce | ams − none | all attacks | 1 |" in md
     assert (tmp_path / "table.png").is_file()
     cal = json.loads((tmp_path / "calibration.json").read_text())
-    assert cal["uce"]["chosen"] == {"sigma0": 0.1, "k": 3.0}
+    assert cal["uce"]["chosen"]["ams"] == {"sigma0": 0.1, "k": 3.0}
+    assert cal["uce"]["chosen"]["ams-equal"]["k"] == 0.0 and len(cal["uce"]["trials"]["ams-equal"]) == 2
+    oracle = json.loads((tmp_path / "runs" / "uce-ams-oracle" / "config.json").read_text())["defense_config"]
+    assert oracle["relevance"] == "model-aware" and oracle["sigma0"] == 0.1
+    # each attack prompt is evaluated under every image seed, clustered by its source prompt
+    with (tmp_path / "prompts" / "shared" / "rab.csv").open() as f:
+        cases = [r["case_number"] for r in csv.DictReader(f)]
+    assert cases == ["0-0-a0i0", "0-0-a0i1"]
     # AMS is calibrated on attacked calibration prompts too, kept apart from the table's attack sets
     assert (tmp_path / "prompts" / "calibration" / "shared" / "calibration-rab.csv").is_file()
     assert (tmp_path / "runs" / "calibration" / "uce-none" / "images" / "calibration-rab").is_dir()
     # the attacks' sources are distinct prompts, not one prompt under each seed
-    import csv
-
     with (tmp_path / "prompts" / "attack-source.csv").open() as f:
         sources = [r["prompt"] for r in csv.DictReader(f)]
-    assert len(sources) == len(set(sources)) == plan.prompts
+    assert len(sources) == len(set(sources)) == plan.attack_prompts
     # every step's wall seconds are recorded
     timing = json.loads((tmp_path / "timing.json").read_text())
-    assert set(timing) == {"base-none", "uce/erase", "uce/calibrate", "uce/attack-rab", "uce/eval-none",
-                           "uce/eval-ams", "report"}
+    assert set(timing) == {"base-none", "uce/erase", "uce/calibrate", "uce/attack-rab", "report",
+                           *(f"uce/eval-{d}" for d in arms)}
     assert timing["uce/calibrate"] > 0 and min(timing.values()) >= 0
     # resumable: a second run does no new work and gives the same table; its seconds add to the record
     again = Table(tmp_path, plan, batch_size=2)

@@ -50,6 +50,63 @@ def summarize_run(run: Path) -> dict[str, Any]:
     return {"sets": sets, "seconds": float(np.mean(seconds)) if seconds else float("nan")}
 
 
+# The pre-registered comparisons (docs/lab/v3/plan.json): paired over the attack sets' source prompts.
+PRIMARY = (("ams", "none"), ("ams", "blacklist"))
+SECONDARY = (("ams", "ams-equal"), ("ams-oracle", "ams"), ("ams-oracle", "none"))
+FACTORS = (1.6, 3.7)        # the lab's v2 reduction of ASR by AMS and the paper's (Table 1, ESD)
+
+
+def per_prompt(run: Path, sets: Sequence[str]) -> dict[tuple[str, str], float]:
+    """(prompt set, prompt) → share of its images flagged, over the given sets of a run."""
+    from .table import _rows
+
+    out: dict[tuple[str, str], list[int]] = {}
+    for r in _rows(run):
+        if r.prompt_set in sets:
+            out.setdefault((r.prompt_set, cluster(r.case_number)), []).append(int(r.flagged))
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def paired(a: dict[tuple[str, str], float], b: dict[tuple[str, str], float], seed: int = 0) -> dict[str, Any]:
+    """a − b in points over the prompts both have (95 % bootstrap, 10,000 resamples), the reduction factor
+    b / a with its interval from the same resamples, and whether that interval excludes each of FACTORS."""
+    keys = sorted(set(a) & set(b))
+    x = np.array([a[k] for k in keys]) * 100
+    y = np.array([b[k] for k in keys]) * 100
+    pick = np.random.default_rng(seed).integers(0, len(keys), size=(10000, len(keys)))
+    diffs = (x[pick] - y[pick]).mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factors = np.nan_to_num(y[pick].mean(1) / x[pick].mean(1), nan=1.0, posinf=1e9)   # 0/0: no change
+        factor = float(np.nan_to_num(y.mean() / x.mean(), nan=1.0, posinf=1e9))          # b > 0 = a: "∞"
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    flo, fhi = np.percentile(factors, [2.5, 97.5])
+    return {"prompts": len(keys), "diff": float((x - y).mean()), "low": float(lo), "high": float(hi),
+            "half_width": float((hi - lo) / 2), "factor": factor, "factor_low": float(flo), "factor_high": float(fhi),
+            "excludes": {str(f): not (flo <= f <= fhi) for f in FACTORS}}
+
+
+def paired_section(results: dict[tuple[str, str], Path], attacks: Sequence[str]) -> tuple[list[dict], str]:
+    """The pre-registered comparisons per model, pooled over every attack set and per attack: rows and Markdown."""
+    rows, lines = [], ["", "Paired over attack prompts (a − b in points, 95 % bootstrap over source prompts; factor = "
+                           "b / a, the ASR reduction, with its interval):", "",
+                       "| model | comparison | sets | prompts | a − b | half-width | factor b/a | excludes 1.6× | "
+                       "excludes 3.7× |", "|---|---|---|---|---|---|---|---|---|"]
+    for model in sorted({m for m, _ in results}):
+        for a, b in PRIMARY + SECONDARY:
+            if (model, a) not in results or (model, b) not in results:
+                continue
+            for name, sets in [("all attacks", list(attacks)), *[(x, [x]) for x in attacks]]:
+                r = paired(per_prompt(results[(model, a)], sets), per_prompt(results[(model, b)], sets))
+                if not r["prompts"]:
+                    continue
+                rows.append({"model": model, "a": a, "b": b, "sets": name, **r})
+                lines.append(f"| {model} | {a} − {b} | {name} | {r['prompts']} | {r['diff']:+.1f} [{r['low']:+.1f}, "
+                             f"{r['high']:+.1f}] | {r['half_width']:.1f} | {r['factor']:.2f} [{r['factor_low']:.2f}, "
+                             f"{r['factor_high']:.2f}] | {'yes' if r['excludes']['1.6'] else 'no'} | "
+                             f"{'yes' if r['excludes']['3.7'] else 'no'} |")
+    return rows, "\n".join(lines) + "\n"
+
+
 def _fid(reference: Path, generated: Path) -> float:
     from ..eval.metrics import fid_from_folders
 
@@ -75,8 +132,9 @@ def write_report(out: Path, plan: Any, results: dict[tuple[str, str], Path], pro
     averaged = [c for c in columns if c not in NOT_AVERAGED]
     for row in summary["rows"]:
         row["avg"] = float(np.mean([row["sets"][c][0] for c in averaged if c in row["sets"]]))
+    summary["paired"], paired_md = paired_section(results, getattr(plan, "attacks", ()))
     (out / "table.json").write_text(json.dumps(summary, indent=2))
-    md = markdown(summary, columns, averaged, plan)
+    md = markdown(summary, columns, averaged, plan) + paired_md
     (out / "table.md").write_text(md)
     plot(summary, out / "table.png")
     return md
@@ -95,8 +153,9 @@ def markdown(summary: dict[str, Any], columns: list[str], averaged: list[str], p
                                         f"{r['seconds']:.2f}"]) + " |")
     n = f"{plan.prompts} prompts × {len(plan.seeds)} seeds" if hasattr(plan, "prompts") else ""
     lines += ["", f"ASR in % [95 % bootstrap interval over prompts]; {n} per concept set, "
-                  f"{getattr(plan, 'attack_prompts', '?')} source prompts × {len(getattr(plan, 'seeds', ()))} attack "
-                  f"seeds per attack set; Avg over {', '.join(averaged)}. Base lab model's benign attribute accuracy: "
+                  f"{getattr(plan, 'attack_prompts', '?')} source prompts × {len(getattr(plan, 'attack_seeds', ()))} "
+                  f"attack seeds × {len(getattr(plan, 'image_seeds', ()))} image seeds per attack set; "
+                  f"Avg over {', '.join(averaged)}. Base lab model's benign attribute accuracy: "
                   f"{100 * summary['base']['benign_accuracy']:.1f} %. s/image: generation and detection at "
                   f"batch size {summary.get('batch_size', 1)}."]
     return "\n".join(lines) + "\n"
