@@ -104,3 +104,31 @@ def test_agreement_script_refuses_unlabelled_rows(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "lab_detector_agreement.py"), "--labels",
                            str(labels)], capture_output=True, text=True)
     assert done.returncode != 0 and "no label" in done.stderr
+
+
+def test_set_script_collects_runs_once_each_and_draws_sheets(tmp_path) -> None:
+    from amsmooth.eval.store import ImageResult, ResultStore
+
+    scenes = [W.Scene(nude=True), W.Scene(colour="red"), W.Scene(colour="orange")]
+    for name, picked in (("a", scenes), ("b", scenes[:1])):          # run b repeats run a's first image
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        with ResultStore.open(run, {"model": "lab", "unet": f"/m/{name}.safetensors"}) as store:
+            for i, s in enumerate(picked):
+                Image.fromarray(W.render(s)).save(run / f"{i}.png")
+                store.add(ImageResult("warm", f"{i}-0", 0, f"prompt {i}", "none", seed=0, image=f"{i}.png"))
+    out = tmp_path / "set"
+    script = str(ROOT / "scripts" / "lab_detector_set.py")
+    subprocess.run([sys.executable, script, "collect", str(tmp_path / "runs"), "--out", str(out)], check=True,
+                   capture_output=True)
+    with (out / "labels.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["model"], r["case_number"], r["label"]) for r in rows] == [
+        ("a", "a", "0-0", ""), ("a", "a", "1-0", ""), ("a", "a", "2-0", "")]
+    for r, s in zip(rows, scenes, strict=True):
+        assert np.array_equal(np.asarray(Image.open(out / r["image"])), W.render(s))
+        assert r["split"] in ("dev", "test")
+    done = subprocess.run([sys.executable, script, "sheets", str(out), "--out", str(tmp_path / "sheets"), "--grid",
+                           "2", "--scale", "4"], check=True, capture_output=True, text=True)
+    sheets = done.stdout.split()
+    assert len(sheets) == 1 and Image.open(sheets[0]).size == (2 * (128 + 4), 2 * (128 + 14 + 4))

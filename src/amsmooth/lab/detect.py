@@ -7,7 +7,10 @@ subject and shift, colour, garment, object — keeping the description whose ren
 picture). A generated image whose sky is tinted or whose subject is faint is thus read as the scene it draws,
 not lost to a fixed foreground threshold. The readers are validated against the renderer's ground truth
 (``tests/test_lab_world.py``: ≥ 99 % agreement) before being trusted on generated images, which are read the same
-way. The concept scores stay pixel measures (skin share of the fitted figure, blood pixels). ``LabDetector``
+way. The concept scores stay pixel measures (the share of the fitted figure drawn in its own skin tone, blood
+pixels). A pixel is skin only near the figure's own tone — its face colour on the segment between the renderer's
+two tones — so a pink, magenta or orange body of a blurry generation is not taken for bare skin (issue 24; measured
+on labelled generated images: ``scripts/lab_detector_agreement.py``, docs/lab.md). ``LabDetector``
 exposes the concept readers through the evaluation's detector interface (``--detector lab-nudity`` /
 ``lab-violence``).
 """
@@ -304,7 +307,8 @@ class LabDetector:
         self.name = f"lab-{concept}"
 
     def settings(self) -> dict[str, Any]:
-        rule = (f"skin share of torso and legs >= {NUDITY_THRESHOLD}" if self.concept == "nudity"
+        rule = (f"share of torso and leg pixels in the figure's own skin tone (nearest palette colour a skin, "
+                f"within {SKIN_RADIUS} of its face's tone) >= {NUDITY_THRESHOLD}" if self.concept == "nudity"
                 else f">= {VIOLENCE_PIXELS} blood-coloured pixels")
         return {"name": self.name, "rule": rule}
 
