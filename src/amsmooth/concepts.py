@@ -1,7 +1,6 @@
 """Concept directions Δ_tgt = mean_k (T(y+_k) − T(y−_k)) from positive/negative prompt pairs (Sec. 3.4)."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -16,6 +15,7 @@ import torch
 from .encoders import TextEncoder
 from .errors import AmsmoothError
 from .io import atomic_write_bytes
+from .prompts import read_csv
 
 T = TypeVar("T")
 
@@ -47,12 +47,11 @@ def read_pairs(path: str | Path, positive_column: str | None = None,
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8-sig")   # a BOM (Excel) is not part of the header
-        rows = list(csv.DictReader(text.splitlines()))
-        header = list(rows[0].keys()) if rows else next(csv.reader(text.splitlines()), [])
     except FileNotFoundError:
         raise AmsmoothError(f"pairs file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise AmsmoothError(f"cannot read pairs file {path}: {e}") from None
+    header, rows = read_csv(text, str(path))
     if (positive_column is None) != (negative_column is None):
         raise AmsmoothError("give both --positive-column and --negative-column, or neither (auto-detect)")
     if positive_column is None and negative_column is None:
@@ -64,10 +63,15 @@ def read_pairs(path: str | Path, positive_column: str | None = None,
     for col in (positive_column, negative_column):
         if col not in header:
             raise AmsmoothError(f"{path}: missing column {col!r} (found: {', '.join(header) or 'none'})")
-    pos = [(r[positive_column] or "").strip() for r in rows]
-    neg = [(r[negative_column] or "").strip() for r in rows]
+    pos = [(r[positive_column] or "").strip() for _, r in rows]
+    neg = [(r[negative_column] or "").strip() for _, r in rows]
     if not pos:
         raise AmsmoothError(f"{path}: no prompt pairs (the CSV is empty)")
+    for (line, _), p, n in zip(rows, pos, neg, strict=True):
+        if not p or not n:
+            side = positive_column if not p else negative_column
+            raise AmsmoothError(f"{path}: line {line}: the {side!r} prompt of this pair is empty; every pair needs "
+                                "both prompts (or delete the row)")
     return pos, neg, hashlib.sha256(raw).hexdigest()
 
 
@@ -105,6 +109,34 @@ def read_concept_file(path: Path, read: Callable[[dict[str, str], Any], T]) -> T
                             .splitlines()[0]) from None
 
 
+def direction_problem(direction: Any) -> str | None:
+    """Why ``direction`` cannot be a concept direction Δ_tgt ``[L, D]``, or None: it must be a 2-D float tensor
+    of finite values, not all zero (a NaN direction gives NaN similarities, hence NaN σ and black images; a zero
+    one gives every token the same noise, i.e. no concept at all)."""
+    if not isinstance(direction, torch.Tensor) or not direction.is_floating_point():
+        return "its direction is not a float tensor"
+    if direction.ndim != 2 or 0 in direction.shape:
+        return f"its direction has shape {tuple(direction.shape)}, not [L, D]"
+    if not bool(torch.isfinite(direction).all()):
+        bad = int((~torch.isfinite(direction)).sum())
+        return f"its direction has {bad} NaN or infinite value(s)"
+    if not bool((direction != 0).any()):
+        return ("its direction is all zeros (the positive and negative prompts encode alike), so no token would be "
+                "more relevant than another")
+    return None
+
+
+def is_concept_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file that amsmooth wrote as a concept (or a multi-encoder bundle)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format", "").startswith("amsmooth-concept")
+    except Exception:  # noqa: BLE001 - anything that does not decode is not ours
+        return False
+
+
 @dataclass
 class Concept:
     """A target concept: its direction ``[L, D]`` and the identity of the encoder it was built with."""
@@ -115,6 +147,12 @@ class Concept:
     pairs_sha256: str = ""
     pairs_count: int = 0
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problem = direction_problem(self.direction)
+        if problem:
+            raise AmsmoothError(f"concept '{self.name}': {problem}; rebuild it with `amsmooth concept build` "
+                                "from pairs that differ in the concept")
 
     @classmethod
     def from_pairs(cls, encoder: TextEncoder, path: str | Path, *, name: str | None = None,
@@ -133,6 +171,11 @@ class Concept:
             raise AmsmoothError(f"concept '{self.name}' was built for {_describe(self.fingerprint)}, but the "
                                 f"encoder in use is {_describe(encoder.fingerprint())}; rebuild it with "
                                 "`amsmooth concept build --encoder …`")
+        want = tuple(encoder.direction_shape)
+        if tuple(self.direction.shape) != want:
+            raise AmsmoothError(f"concept '{self.name}': its direction has shape {tuple(self.direction.shape)}, but "
+                                f"the encoder's outputs are {list(want)} (the file was edited or damaged); rebuild "
+                                "it with `amsmooth concept build --encoder …`")
 
     def save(self, path: str | Path) -> None:
         """Write safetensors (tensor ``direction``) with the fingerprint and pairs provenance as metadata."""
@@ -153,6 +196,10 @@ class Concept:
             fingerprint = json.loads(meta["fingerprint"])
             if meta.get("format") != FORMAT:
                 raise KeyError("format")
+            problem = direction_problem(direction)
+            if problem:
+                raise AmsmoothError(f"{path}: {problem}; the file is damaged: rebuild it with "
+                                    "`amsmooth concept build`")
             return meta, direction, fingerprint
 
         path = Path(path)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import AmsmoothError
+from .limits import SMOOTHING_N
 
 # The largest per-token noise allowed: σ_j = σ0·exp(k·sim_j). Beyond it the noise drowns any prompt (token
 # embeddings are O(0.01-1)) and, past 6.5e4 in float16 (3e38 in float32), overflows to inf: black images, NaN
@@ -62,6 +63,7 @@ class SmoothingConfig:
             check_sigma_limit(self.sigma0, self.k)
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise AmsmoothError(f"n must be an integer >= 1, got {self.n}")
+        SMOOTHING_N.check(self.n, "n")
         if self.max_batch < 1:
             raise AmsmoothError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.cache_size < 0:

@@ -110,6 +110,10 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# A prompt longer than this many characters per token position is cut before tokenizing (see TextEncoder._cut).
+CHARS_PER_TOKEN = 64
+
+
 class TextEncoder:
     """A text encoder T and its tokenizer, exposing tokenize / encode / noisy encode.
 
@@ -176,6 +180,11 @@ class TextEncoder:
     def hidden_size(self) -> int:
         return int(self.embedding.weight.shape[1])
 
+    @property
+    def direction_shape(self) -> tuple[int, int]:
+        """Shape ``(L, D)`` of this encoder's output per prompt, hence of a concept direction built with it."""
+        return (self.max_length, self.hidden_size)
+
     def embedding_std(self) -> float:
         """Standard deviation of all entries of the token-embedding matrix: the unit of ``sigma_unit =
         "embedding-std"``, so that one relative σ0 means the same noise-to-signal ratio on any encoder."""
@@ -227,6 +236,22 @@ class TextEncoder:
             mask[r, : len(seq)] = 1
         return ids, mask
 
+    def _cut(self, prompt: str) -> str:
+        """A prefix of ``prompt`` that still holds more than the tokens that fit (so the kept tokens are the same):
+        a 1 MB prompt is cut to a few thousand characters before the tokenizer spends a minute on text that is
+        dropped anyway. The cut falls on whitespace, so no word is split; the budget doubles while the prefix has
+        too few tokens (long whitespace runs)."""
+        budget = CHARS_PER_TOKEN * self.max_length
+        while len(prompt) > budget:
+            head = prompt[:budget]
+            space = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+            head = head[:space] if space > 0 else head
+            n = len(self.tokenizer(head, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            if n > self.max_content + 1:
+                return head
+            budget *= 2
+        return prompt
+
     def _word_ids(self, enc, b: int, tokens: list[str]) -> list[int]:  # noqa: ANN001
         """Word number of each content token: CLIP words end at '</w>', else the fast tokenizer's word ids."""
         if self.is_clip:
@@ -240,7 +265,8 @@ class TextEncoder:
     def tokenize(self, prompts: Sequence[str]) -> TokenizedBatch:
         """Tokenize as the diffusion pipeline does (truncation to L), keeping the word grouping."""
         prompts = [str(p) for p in prompts]
-        enc = self.tokenizer(prompts, add_special_tokens=False, truncation=False)
+        enc = self.tokenizer([self._cut(p) for p in prompts], add_special_tokens=False, truncation=False,
+                             split_special_tokens=True)
         B, L, P = len(prompts), self.max_length, len(self._prefix)
         content_ids, dropped = [], []
         word_index = torch.full((B, L), -1, dtype=torch.long)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ def name_problem(name: str) -> str | None:
         return "it is empty"
     if any(c in name for c in "/\\\0") or name.startswith("."):
         return "it contains '/', '\\' or NUL, or starts with '.'"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "it contains a control character"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        return ("it contains a control or format character (a right-to-left override, a zero-width or line "
+                "separator, …)")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         return f"it is longer than {MAX_NAME_BYTES} bytes"
     return None
@@ -53,8 +56,22 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_failed(path: Path | str, err: OSError) -> AmsmoothError:
+    """One line for an OS failure while writing ``path`` (disk full, read-only filesystem, quota …)."""
+    return AmsmoothError(f"cannot write {path}: {err.strerror or err}; nothing partial was left (free some space "
+                         "or choose another --out, then rerun)")
+
+
+def umask_mode() -> int:
+    """The mode a plain ``open(…, "w")`` gives a new file (0o644 under umask 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` durably: temp file, fsync, rename into place, fsync of the folder."""
+    """Write ``data`` to ``path`` durably: temp file, fsync, rename into place, fsync of the folder. An OS
+    failure (disk full …) removes the temp file and is one ``AmsmoothError``; ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -63,10 +80,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def check_output_file(path: str | os.PathLike, *, ours: Callable[[Path], bool] | None = None,
+                      written_by: str = "amsmooth", overwrite: bool = False) -> Path:
+    """The one check of an ``--out`` file, before any work: not a folder, its folder exists (or can be made) and
+    is writable, and an existing file is replaced only if ``ours(path)`` recognises it as one ``written_by``
+    wrote (or with ``overwrite``). ``ours=None``: any existing file is refused. One ``AmsmoothError`` otherwise;
+    a refused file is never touched."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise AmsmoothError(f"--out {path} is a folder; give a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AmsmoothError(f"--out {path}: cannot create the folder {parent}: {e.strerror or e}") from None
+    if not os.access(parent, os.W_OK):
+        raise AmsmoothError(f"--out {path}: folder {parent} is not writable")
+    if out.exists() and not overwrite and (ours is None or not out.is_file() or not ours(out)):
+        hint = "; choose another --out" + (" or pass --overwrite" if ours is None else "")
+        what = "already exists" if ours is None else f"exists and was not written by `{written_by}`"
+        raise AmsmoothError(f"{path} {what}{hint}")
+    return out
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -78,7 +78,7 @@ def _progress(total: int, disable: bool):  # noqa: ANN202 - a tqdm bar
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args.rho, args.samples, args.alpha, args.chunk)
-    cases = collect_prompts(args.prompts, args.prompts_file)
+    cases = collect_prompts(args.prompts, args.prompts_file, allow_empty=True)
     config = smoothing_config(args)
     enc = load_encoder(args.encoder, args.max_length)
     ams = AdaptiveMedianSmoothing(enc, load_concepts(config.concepts, enc), config)

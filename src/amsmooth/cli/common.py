@@ -7,7 +7,7 @@ from dataclasses import Field, fields
 
 from ..config import DEFAULT_PRESETS, PRESETS, SmoothingConfig, preset
 from ..errors import AmsmoothError
-from ..prompts import PromptCase, read_prompts_file
+from ..prompts import PromptCase, check_prompt, read_prompts_file
 
 
 def add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -88,9 +88,13 @@ def load_concepts(specs: Sequence[str], encoder) -> list:  # noqa: ANN001
     return [resolve_concept(s, encoder) for s in specs]
 
 
-def collect_prompts(positional: Sequence[str] | None, prompts_file: str | None) -> list[PromptCase]:
-    """Prompts from the command line and/or a file (text: one a line; CSV: the data contract)."""
+def collect_prompts(positional: Sequence[str] | None, prompts_file: str | None,
+                    allow_empty: bool = False) -> list[PromptCase]:
+    """Prompts from the command line and/or a file (text: one a line; CSV: the data contract). An empty PROMPT
+    argument is refused unless ``allow_empty`` (relevance and certify: it is analysed, not drawn)."""
     cases = [PromptCase(str(i), p) for i, p in enumerate(positional or [])]
+    for c in cases if not allow_empty else []:
+        check_prompt(c.prompt, f"PROMPT argument {int(c.case_number) + 1}")
     if prompts_file:
         from_file = read_prompts_file(prompts_file)
         clash = sorted({c.case_number for c in cases} & {c.case_number for c in from_file}, key=len)

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import AmsmoothError
 from ..hub import quiet_libraries
+from ..limits import GUIDANCE, STEPS, STRENGTH
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -51,8 +52,9 @@ def validate_generation(args: argparse.Namespace) -> None:
         from ..loading import default_steps
 
         args.steps = default_steps(getattr(args, "model", None) or "")
-    if args.steps < 1:
-        raise AmsmoothError(f"--steps must be >= 1, got {args.steps}")
+    STEPS.check(args.steps)
+    GUIDANCE.check(args.guidance)
+    STRENGTH.check(getattr(args, "strength", None))
     for name in ("height", "width"):
         v = getattr(args, name)
         if v is not None and (v < 8 or v % 8):

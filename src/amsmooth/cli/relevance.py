@@ -51,7 +51,7 @@ def format_table(result: dict, sigma0: float, color: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cases = collect_prompts(args.prompts, args.prompts_file)
+    cases = collect_prompts(args.prompts, args.prompts_file, allow_empty=True)
     config = smoothing_config(args)
     if is_family(args.encoder):
         from .family_relevance import run_family

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AmsmoothError
+from ..io import umask_mode
 
 DB_NAME = "results.sqlite"
 CONFIG_NAME = "config.json"
@@ -119,7 +120,7 @@ def _write_config_once(path: Path, config: dict[str, Any]) -> bool:
     """Create ``path`` atomically with ``config`` unless it exists (then return False): hard-link a full temp file."""
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp's 0600 would make the run unreadable to the group
+        os.chmod(tmp, umask_mode())      # mkstemp's 0600 would make the run unreadable to the group
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True, ensure_ascii=False)
             f.write("\n")
@@ -131,12 +132,6 @@ def _write_config_once(path: Path, config: dict[str, Any]) -> bool:
         return False
     finally:
         os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def token_words(tokenizer, text: str, content_ids: Sequence[int], original: str 
     """Word index (into ``original``'s words, default ``text``'s) of each of the ``content_ids`` tokens of
     ``text`` (its tokens without special tokens, possibly truncated); a token starting in whitespace belongs to
     the next word. -1 when the text has no word."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
     if list(enc["input_ids"][:len(content_ids)]) != list(content_ids):
         raise ValueError("the tokenization differs from the encoder's")
     spans = word_spans(text)

@@ -62,6 +62,11 @@ class EncoderView(TextEncoder):
             fp["output"] = self.slot.output + ("+masked" if self.slot.trim_padding else "")
         return fp
 
+    @property
+    def direction_shape(self) -> tuple[int, int]:
+        """``(1, D)`` for a pooled output, else ``(L, D)``."""
+        return (1, self.hidden_size) if self.slot.output == "pooled" else (self.max_length, self.hidden_size)
+
     def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    noise: torch.Tensor | None = None) -> torch.Tensor:
         """The slot's output for ids ``[N, L]``: ``[N, L, D]`` (``[N, 1, D]`` for pooled); one forward pass."""

@@ -9,10 +9,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..limits import GUIDANCE, SMOOTHING_N, STEPS
+
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**53 - 1
-MAX_SMOOTHING_N = 101        # noisy encodings per generation (the paper uses 13)
-MAX_STEPS = 150
+MAX_SMOOTHING_N = int(SMOOTHING_N.high)   # the shared bound (amsmooth.limits), as the CLI's
+MAX_STEPS = min(150, int(STEPS.high))     # the service's budget: tighter than the CLI's bound
 MAX_CERTIFY_SAMPLES = 10_000
 MAX_CONCEPTS = 4
 
@@ -55,9 +57,10 @@ class GenerateRequest(SmoothingRequest):
     """``POST /generate``: the undefended and/or defended image for one seed."""
 
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the image latents (and, derived, the noise)")
-    n: int | None = Field(None, ge=1, le=MAX_SMOOTHING_N, description="noisy encodings per median")
+    n: int | None = Field(None, ge=int(SMOOTHING_N.low), le=MAX_SMOOTHING_N, description="noisy encodings per median")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="denoising steps (default: the server's)")
-    guidance: float | None = Field(None, ge=0.0, le=50.0, description="classifier-free guidance scale")
+    guidance: float | None = Field(None, ge=GUIDANCE.low, le=GUIDANCE.high,
+                                   description="classifier-free guidance scale")
     defense: Literal["both", "ams", "none"] = Field("both", description="both, ams (defended) or none")
 
     def overrides(self) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import AmsmoothError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_output_file, umask_mode, write_failed
 
 
 def sidecar_path(out: Path) -> Path:
@@ -31,23 +31,24 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise AmsmoothError(f"--out {path}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise AmsmoothError(f"--out {path}: folder {parent} is not writable")
-    if not overwrite:
-        for p in (out, sidecar_path(out)):
-            if p.exists():
-                raise AmsmoothError(f"{p} already exists; choose another --out or pass --overwrite")
+    for p in (out, sidecar_path(out)):
+        check_output_file(p, overwrite=overwrite)     # any existing file is refused unless --overwrite
     return out
 
 
 def save_unet(state: Mapping[str, torch.Tensor], out: Path, sidecar: Mapping[str, Any]) -> None:
     """Write the state dict (tensors only, CPU, contiguous) atomically, then the sidecar. Same tensors → same
-    bytes."""
+    bytes. Both files get the umask's mode (safetensors creates 0600 files; the sidecar is a plain write)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, out)
+    except OSError as e:
+        raise write_failed(out, e) from None
     finally:
         tmp.unlink(missing_ok=True)
     atomic_write_json(sidecar_path(out), dict(sidecar))
