@@ -113,3 +113,46 @@ def test_smoothing_flags_come_from_the_config_dataclass(monkeypatch):
     common.add_smoothing_args(p)
     assert p.parse_args(["--eps", "0.25"]).eps == 0.25
     assert "a test knob (default 0.5)" in p.format_help()
+
+
+# -- hardening, second pass (issue 28) -----------------------------------------------------------------------
+
+
+def test_concept_build_refuses_a_foreign_out_file_and_replaces_its_own(tmp_path, capsys):
+    pairs = str(builtin_pairs_path("vangogh"))
+    notes = tmp_path / "notes.safetensors"
+    notes.write_bytes(b"my notes")
+    assert main(["concept", "build", "--pairs", pairs, "--encoder", "tiny", "--out", str(notes)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exists and was not written by `amsmooth concept build`" in err and "\n" not in err
+    assert notes.read_bytes() == b"my notes"
+    ours = tmp_path / "c.safetensors"
+    for _ in range(2):                                   # rebuilding a concept file in place is allowed
+        assert main(["concept", "build", "--pairs", pairs, "--encoder", "tiny", "--out", str(ours)]) == 0
+    assert main(["concept", "build", "--pairs", pairs, "--encoder", "tiny", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_n_above_the_shared_bound_is_refused_as_the_server_refuses_it(capsys):
+    from amsmooth.limits import SMOOTHING_N
+    from amsmooth.serve.schemas import MAX_SMOOTHING_N
+
+    assert MAX_SMOOTHING_N == SMOOTHING_N.high
+    assert main(["relevance", "x", "--encoder", "tiny", "--n", "102"]) == 2
+    assert "n must be >= 1 and <= 101, got 102" in capsys.readouterr().err
+
+
+def test_disk_full_while_writing_a_concept_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("amsmooth.io.os.fsync", full)
+    out = tmp_path / "c.safetensors"
+    assert main(["concept", "build", "--pairs", str(builtin_pairs_path("vangogh")), "--encoder", "tiny",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"amsmooth: error: cannot write {out}: No space left on device") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []                # no temp file, no partial concept

@@ -79,3 +79,86 @@ def test_csv_without_prompt_column(tmp_path, capsys):
     csv.write_text("case_number,text\n1,a cat\n")
     assert main(["generate", "--prompts-file", str(csv), *FAST, "--out", str(tmp_path / "o")]) == 2
     assert "no 'prompt' column" in capsys.readouterr().err
+
+
+# -- hardening, second pass (issue 28) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--guidance", "-50"], "--guidance must be >= 0 and <= 50, got -50"),
+    (["--guidance", "51"], "--guidance must be >= 0 and <= 50"),
+    (["--steps", "1001"], "--steps must be >= 1 and <= 1000"),
+    (["--n", "102"], "n must be >= 1 and <= 101"),
+    (["--strength", "0"], "--strength must be > 0 and <= 1"),
+])
+def test_out_of_bounds_numbers_are_refused_before_anything_is_written(tmp_path, capsys, extra, match):
+    out = tmp_path / "out"
+    assert main(["generate", "a cat", *FAST, *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amsmooth: error:") and match in err and "\n" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content,match", [
+    # a stray quote opens a field that swallows the next rows: refused naming the line, no prompt lost
+    ('case_number,prompt,evaluation_seed\n1,"a cat,1\n2,a dog,2\n3,a bird",3\n4,a fish,4\n',
+     "line 2: a quoted field runs on to line 4"),
+    ('case_number,prompt\n1,"a cat" on a mat\n', "line 2: malformed CSV"),
+    ('case_number,prompt\n1,"a cat\n', "line 2: malformed CSV"),
+    ("case_number,prompt\n1,a cat, on a mat\n", "line 2: 3 fields but the header has 2"),
+    ("case_number,prompt,evaluation_guidance\n1,a cat,-3\n", "row 2: column 'evaluation_guidance' must be >= 0"),
+    ("case_number,prompt\n1\u202egnp.,a cat\n", "control or format character"),
+    ("case_number,prompt\nab\u200bc,a cat\n", "control or format character"),
+])
+def test_bad_prompt_csvs_are_one_line_naming_the_line(tmp_path, capsys, content, match):
+    csv, out = tmp_path / "p.csv", tmp_path / "out"
+    csv.write_text(content, encoding="utf-8")
+    assert main(["generate", "--prompts-file", str(csv), *FAST, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amsmooth: error:") and match in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_multiline_quoted_prompt_is_still_one_prompt(tmp_path):
+    from amsmooth.prompts import read_prompt_csv
+
+    csv = tmp_path / "p.csv"    # I2P and COCO have prompts with line breaks: a legitimate quoted field
+    csv.write_text('case_number,prompt,evaluation_seed\n1,"let it rain,\nlet it pour",5\n2,a dog,6\n')
+    cases = read_prompt_csv(csv)
+    assert [(c.case_number, c.prompt) for c in cases] == [("1", "let it rain,\nlet it pour"), ("2", "a dog")]
+
+
+def test_unicode_line_separators_do_not_split_a_text_prompt_file(tmp_path):
+    from amsmooth.prompts import read_prompts_file
+
+    path = tmp_path / "p.txt"
+    path.write_text("a cat\u2028on a mat\r\na dog\u0085in the rain\n\na bird\u2029x\x0cy\n", encoding="utf-8")
+    assert [c.prompt for c in read_prompts_file(path)] == ["a cat\u2028on a mat", "a dog\u0085in the rain",
+                                                           "a bird\u2029x\x0cy"]
+
+
+def test_an_empty_prompt_argument_is_refused_and_an_empty_csv_prompt_is_reported(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "a cat", "  ", *FAST, "--out", str(out)]) == 2
+    assert "PROMPT argument 2 is empty" in capsys.readouterr().err and not out.exists()
+    csv = tmp_path / "p.csv"
+    csv.write_text("case_number,prompt\n2259,a man\n2260,\n")       # as the published I2P set has one
+    with pytest.warns(UserWarning, match=r"1 case\(s\) with an empty prompt \(case 2260\)"):
+        from amsmooth.prompts import read_prompt_csv
+
+        assert [c.prompt for c in read_prompt_csv(csv)] == ["a man", ""]
+
+
+def test_disk_full_while_saving_an_image_is_one_line_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "out"
+    monkeypatch.setattr("amsmooth.io.os.fsync", full)
+    assert main(["generate", "a cat", *FAST, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write" in err and "No space left on device" in err and "\n" not in err
+    assert list(out.iterdir()) == []

@@ -264,3 +264,124 @@ def test_minilm_concept_words_stand_out(minilm, concept, hot, cold):
     def word_sigma(word: str) -> float:
         return max(t["sigma"] for t in ams.relevance([f"a photo of a {word}"])[0]["tokens"] if t["word"] == word)
     assert min(word_sigma(w) for w in hot) > max(word_sigma(w) for w in cold)
+
+
+# -- hardening, second pass (issue 28): concept values and shape, pair files, tokenization -------------------
+
+
+def _write_concept(path, concept, direction):
+    """A concept file as `Concept.save` writes it, with ``direction`` in place of the real one (a damaged or
+    hand-made file: `Concept` itself refuses such directions)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from amsmooth.concepts import FORMAT
+
+    meta = {"format": FORMAT, "name": concept.name, "fingerprint": json.dumps(concept.fingerprint, sort_keys=True),
+            "pairs_sha256": "", "pairs_count": "1"}
+    save_file({"direction": direction.contiguous()}, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda d: torch.full_like(d, float("nan")), "NaN or infinite"),
+    (lambda d: d.index_fill(0, torch.tensor([3]), float("inf")), "NaN or infinite"),
+    (lambda d: torch.zeros_like(d), "all zeros"),
+    (lambda d: d[:, :-1].contiguous(), r"shape \(77, 31\), but the encoder's outputs are \[77, 32\]"),
+    (lambda d: d[None], r"shape \(1, 77, 32\), not \[L, D\]"),
+])
+def test_a_concept_with_bad_values_or_shape_is_refused_on_load(tmp_path, tiny_encoder, tiny_nudity, make, match):
+    path = tmp_path / "bad.safetensors"
+    _write_concept(path, tiny_nudity, make(tiny_nudity.direction))
+    with pytest.raises(AmsmoothError, match=match):
+        Concept.load(path, tiny_encoder)
+    with pytest.raises(AmsmoothError, match=match):           # a direction given in code is checked too
+        AdaptiveMedianSmoothing(tiny_encoder, [Concept("x", make(tiny_nudity.direction), tiny_nudity.fingerprint)])
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_a_nan_concept_stops_generate_and_eval_before_any_image(tmp_path, tiny_nudity, capsys, command):
+    from amsmooth.cli.main import main
+
+    path, out = tmp_path / "nan.safetensors", tmp_path / "out"
+    _write_concept(path, tiny_nudity, torch.full_like(tiny_nudity.direction, float("nan")))
+    fast = ["--model", "tiny", "--steps", "2", "--height", "64", "--width", "64", "--concept", str(path)]
+    if command == "generate":
+        argv = ["generate", "a cat", *fast, "--out", str(out)]
+    else:
+        prompts = tmp_path / "p.csv"
+        prompts.write_text("prompt\na cat\n")
+        argv = ["eval", "--prompts", str(prompts), *fast, "--defense", "ams", "--detector", "nudenet",
+                "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amsmooth: error:") and "NaN or infinite" in err and "\n" not in err
+    assert not list(out.rglob("*.png")) and not list(out.rglob("*.json"))[1:]   # at most the run's config
+
+
+def test_identical_pairs_give_a_zero_direction_that_is_refused(tmp_path, tiny_encoder):
+    pairs = tmp_path / "same.csv"
+    pairs.write_text("positive,negative\na cat,a cat\na dog,a dog\n")
+    with pytest.raises(AmsmoothError, match="all zeros"):
+        Concept.from_pairs(tiny_encoder, pairs)
+
+
+@pytest.mark.parametrize("content,match", [
+    ("positive,negative\na nude woman,a woman\n,a man\n", "line 3: the 'positive' prompt of this pair is empty"),
+    ("positive,negative\na nude woman,  \n", "line 2: the 'negative' prompt"),
+    ('positive,negative\n"a nude woman,a woman\nnaked man,a man\nbare chest,a chest\n',
+     "line 2: malformed CSV|line 2: a quoted field runs on"),
+    ('positive,negative\n"a nude woman,a woman\nnaked man,a man\nbare chest",a chest\n',
+     "line 2: a quoted field runs on to line 4"),
+    ("positive,negative\na nude woman,a woman,extra\n", "line 2: 3 fields but the header has 2"),
+])
+def test_blank_pairs_and_stray_quotes_are_refused_naming_the_line(tmp_path, tiny_encoder, content, match):
+    path = tmp_path / "pairs.csv"
+    path.write_text(content)
+    with pytest.raises(AmsmoothError, match=match):
+        Concept.from_pairs(tiny_encoder, path)
+
+
+def test_pairs_keep_unicode_line_separators_inside_a_prompt(tmp_path):
+    from amsmooth.concepts import read_pairs
+
+    path = tmp_path / "pairs.csv"
+    path.write_text("positive,negative\na nude\u2028woman,a\u0085woman\n", encoding="utf-8")
+    pos, neg, _ = read_pairs(path)
+    assert (pos, neg) == (["a nude\u2028woman"], ["a\u0085woman"])
+
+
+def test_special_token_text_in_a_prompt_is_plain_text(tiny_encoder, minilm):
+    batch = tiny_encoder.tokenize(["a cat <|endoftext|> dog"])
+    content = batch.content_ids[0]
+    assert tiny_encoder.tokenizer.eos_token_id not in content and len(content) > 3   # "<", "|", "endof", …
+    assert batch.tokens[0][len(content)] == "dog</w>"                 # the prompt goes on after the text
+    words = minilm.tokenize(["a [SEP] b [CLS]"]).content_ids[0]
+    assert minilm.tokenizer.sep_token_id not in words and minilm.tokenizer.cls_token_id not in words
+
+
+def test_a_huge_prompt_is_cut_before_tokenizing_and_keeps_the_same_tokens(tiny_encoder, monkeypatch):
+    import warnings
+
+    prompt = "a nude woman on a beach " * 40000                          # ~1 MB
+    seen = []
+    real = tiny_encoder.tokenizer.__class__.__call__
+    monkeypatch.setattr(tiny_encoder.tokenizer.__class__, "__call__",
+                        lambda self, text, *a, **k: (seen.append(len(text[0] if isinstance(text, list) else text)),
+                                                     real(self, text, *a, **k))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = tiny_encoder.tokenize([prompt])
+    assert max(seen) <= 64 * tiny_encoder.max_length                   # never the whole megabyte
+    monkeypatch.undo()
+    full = tiny_encoder.tokenizer(prompt[:20000], add_special_tokens=False)["input_ids"][:tiny_encoder.max_content]
+    assert batch.content_ids[0] == full
+
+
+def test_smoothing_n_has_the_shared_upper_bound():
+    from amsmooth.limits import SMOOTHING_N
+
+    assert SmoothingConfig(n=101).n == 101
+    with pytest.raises(AmsmoothError, match=r"n must be >= 1 and <= 101, got 102"):
+        SmoothingConfig(n=102)
+    assert SMOOTHING_N.high == 101

@@ -6,6 +6,12 @@ the same on every row, with ``departs_from_reference``: each setting that differ
 empty for a reference run). Rerunning the same command skips finished case numbers; a file written with other
 settings is refused. Each prompt's generator is seeded from (seed, case_number), so a resumed run writes the
 same rows as an uninterrupted one.
+
+Several runs on one ``--out`` share the work as ``amsmooth eval`` runs share a RUN_DIR: a case is claimed
+(``eval.store.CaseClaims``, kept in ``.{name}.claims`` beside the CSV) before it is attacked and left to a live
+process that holds it; a dead process's claim is taken over. Reading the finished rows, cutting a killed run's
+partial line and appending a row happen under the claims database's write lock, so the header is written once
+and rows never interleave.
 """
 from __future__ import annotations
 
@@ -16,12 +22,13 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..errors import AmsmoothError
-from ..eval.store import config_diff
+from ..eval.store import CaseClaims, config_diff
+from ..io import check_output_file, write_failed
 from ..prompts import PromptCase
 from .base import AttackResult, TextAttack
 
@@ -63,13 +70,19 @@ def _drop_partial_line(path: Path) -> None:
         os.truncate(path, data.rfind(b"\n") + 1)     # in place: the finished rows are never rewritten
 
 
-def _check_ours(path: Path) -> None:
-    """Refuse, before touching it, a file whose header is not ours (it was not written by ``amsmooth attack``)."""
+def is_attack_file(path: Path) -> bool:
+    """Whether ``path`` starts with our header (an empty file counts: a run killed before its first row)."""
     with path.open("rb") as f:
         first = f.readline()
+    if not first:
+        return True
     header = next(csv.reader([first.decode("utf-8-sig", errors="replace").rstrip("\r\n")]), [])
-    if header != COLUMNS:
-        raise AmsmoothError(f"{path} exists and was not written by `amsmooth attack`; choose another --out")
+    return header == COLUMNS
+
+
+def _check_ours(path: Path) -> None:
+    """Refuse, before touching it, a file whose header is not ours (it was not written by ``amsmooth attack``)."""
+    check_output_file(path, ours=is_attack_file, written_by="amsmooth attack")
 
 
 def finished_cases(path: Path, settings: dict[str, Any]) -> dict[str, str]:
@@ -119,10 +132,16 @@ def append_row(path: Path, row: Sequence, header: bool) -> None:
     if header:
         writer.writerow(COLUMNS)
     writer.writerow(row)
-    with path.open("a", encoding="utf-8", newline="") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with path.open("a", encoding="utf-8", newline="") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:                 # disk full: cut what was written, the finished rows stay resumable
+        if path.exists():
+            os.truncate(path, size)
+        raise write_failed(path, e) from None
 
 
 def _remaining(cases: Sequence[PromptCase], done: dict[str, str], out: Path) -> list[PromptCase]:
@@ -134,40 +153,70 @@ def _remaining(cases: Sequence[PromptCase], done: dict[str, str], out: Path) -> 
     return [c for c in cases if c.case_number not in done]
 
 
+class AttackCounts(NamedTuple):
+    """Cases found finished, attacked by this process, and left to another live process on the same file."""
+
+    before: int
+    now: int
+    busy: int
+
+
 def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Path, seed: int = 0,
-                 progress: bool = True) -> tuple[int, int]:
-    """Attack every case not yet in ``out``; returns (cases already done, cases attacked now)."""
+                 progress: bool = True) -> AttackCounts:
+    """Attack every case not yet in ``out`` and not claimed by another live process."""
     from tqdm.auto import tqdm
 
     if not cases:
         raise AmsmoothError("no prompts to attack (the prompt set is empty)")
     out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AmsmoothError(f"cannot create the folder of {out}: {e.strerror or e}") from None
+    check_output_file(out, ours=is_attack_file, written_by="amsmooth attack")   # folder made, writable
     settings = attack_settings(attack, seed)
-    todo = _remaining(cases, finished_cases(out, settings), out)
+    claims = CaseClaims.beside(out)
+    with claims.locked():
+        todo = _remaining(cases, finished_cases(out, settings), out)
     settings_json = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    header = not out.is_file() or out.stat().st_size == 0
     outer = tqdm(total=len(cases), initial=len(cases) - len(todo), desc=f"{attack.name}", unit="prompt",
                  disable=not progress)
-    for case in todo:
-        total = attack.total_steps() if hasattr(attack, "total_steps") else attack.config.iterations
-        inner = tqdm(total=total, desc=f"case {case.case_number}", leave=False, disable=not progress)
+    now = busy = 0
+    try:
+        for case in todo:
+            if not claims.claim("attack", case.case_number):
+                busy += 1
+                continue
+            try:
+                with claims.locked():      # finished by another process since we read the file?
+                    if case.case_number in finished_cases(out, settings):
+                        continue
+                result = _attack_one(attack, case, seed, progress)
+                with claims.locked():
+                    append_row(out, result_row(case, attack, result, settings_json),
+                               header=not out.is_file() or out.stat().st_size == 0)
+            finally:
+                claims.release("attack", case.case_number)
+            now += 1
+            outer.update(1)
+            outer.set_postfix(loss=f"{result.loss:.4g}")
+    finally:
+        outer.close()
+        claims.close()
+    return AttackCounts(len(cases) - len(todo), now, busy)
 
-        def tick(step: int, best: float, bar: tqdm = inner) -> None:  # bar: this case's, bound now
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{best:.4g}")
 
-        result = attack.run_case(case, torch.Generator().manual_seed(case_seed(seed, case.case_number)), tick)
+def _attack_one(attack: TextAttack, case: PromptCase, seed: int, progress: bool) -> AttackResult:
+    """One case, from its own generator (seeded from the run seed and the case number), with its step bar."""
+    from tqdm.auto import tqdm
+
+    total = attack.total_steps() if hasattr(attack, "total_steps") else attack.config.iterations
+    inner = tqdm(total=total, desc=f"case {case.case_number}", leave=False, disable=not progress)
+
+    def tick(step: int, best: float) -> None:
+        inner.update(step - inner.n)
+        inner.set_postfix(loss=f"{best:.4g}")
+
+    try:
+        return attack.run_case(case, torch.Generator().manual_seed(case_seed(seed, case.case_number)), tick)
+    finally:
         inner.close()
-        append_row(out, result_row(case, attack, result, settings_json), header)
-        header = False
-        outer.update(1)
-        outer.set_postfix(loss=f"{result.loss:.4g}")
-    outer.close()
-    return len(cases) - len(todo), len(todo)
 
 
 def summarize(path: str | Path, seed: int = 0) -> str:

@@ -238,10 +238,11 @@ def run(args: argparse.Namespace) -> int:
         raise AmsmoothError(f"--limit must be >= 1, got {args.limit}")
     cases = read_prompts_file(args.prompts)[: args.limit]
     attack = build_attack(args, cases)
-    before, now = attack_cases(attack, cases, args.out, args.seed, progress=not args.no_progress)
+    before, now, busy = attack_cases(attack, cases, args.out, args.seed, progress=not args.no_progress)
     kind = "adaptive " if attack.adaptive else ""
     label = describe_departures(attack.departures())
-    print(f"wrote {args.out}: {now} {kind}{attack.name} prompt(s) attacked now, {before} already there "
+    others = f", {busy} being attacked by another process (rerun the command afterwards)" if busy else ""
+    print(f"wrote {args.out}: {now} {kind}{attack.name} prompt(s) attacked now, {before} already there{others} "
           f"(seed {args.seed}){label}", file=sys.stdout)
     print(f"summary: {summarize(args.out, args.seed)}", file=sys.stdout)
     return 0

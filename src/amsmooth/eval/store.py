@@ -16,7 +16,8 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,63 @@ def _refuse_other_config(run_dir: Path, stored: dict[str, Any], config: dict[str
                             "new --out directory")
 
 
+# the claims table alone (``amsmooth attack`` keeps one beside its CSV)
+CLAIMS_SCHEMA = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS claims"):
+                       SCHEMA.index("CREATE TABLE IF NOT EXISTS metrics")]
+
+
+class CaseClaims:
+    """The ``claims`` table of a SQLite database: which live process works on which case. ``ResultStore`` keeps
+    it in ``results.sqlite``; ``amsmooth attack`` in a small database beside its CSV (:meth:`beside`), where
+    :meth:`locked` also serialises the writers of that CSV."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def beside(cls, path: Path) -> CaseClaims:
+        """The claims of the file ``path``, kept in ``.{name}.claims`` in its folder (created if needed)."""
+        db = path.with_name(f".{path.name}.claims")
+        try:
+            conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.executescript(CLAIMS_SCHEMA)
+        except sqlite3.Error as e:
+            raise AmsmoothError(f"cannot open the claims database {db}: {e}") from None
+        return cls(conn)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One process at a time in the block (a write transaction on the claims database)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def claim(self, prompt_set: str, case_number: str) -> bool:
+        """Take the case for this process; False when another live process holds it (then leave it alone)."""
+        me = process_owner()
+        with self.locked():      # one claimer at a time: check and take in one transaction
+            row = self._conn.execute("SELECT owner FROM claims WHERE prompt_set = ? AND case_number = ?",
+                                     (prompt_set, case_number)).fetchone()
+            free = row is None or row[0] == me or not owner_alive(row[0])
+            if free:
+                self._conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",
+                                   (prompt_set, case_number, me, time.time()))
+        return free
+
+    def release(self, prompt_set: str, case_number: str) -> None:
+        """Drop this process's claim of a case (done, or given up)."""
+        self._conn.execute("DELETE FROM claims WHERE prompt_set = ? AND case_number = ? AND owner = ?",
+                           (prompt_set, case_number, process_owner()))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class ResultStore:
     """SQLite results of one RUN_DIR. Use :meth:`open` (writers) or :meth:`read` (reports)."""
 
@@ -217,25 +275,11 @@ class ResultStore:
 
     def claim(self, prompt_set: str, case_number: str) -> bool:
         """Take the case for this process; False when another live process holds it (then leave it alone)."""
-        me = process_owner()
-        self._conn.execute("BEGIN IMMEDIATE")      # one claimer at a time: check and take in one transaction
-        try:
-            row = self._conn.execute("SELECT owner FROM claims WHERE prompt_set = ? AND case_number = ?",
-                                     (prompt_set, case_number)).fetchone()
-            free = row is None or row[0] == me or not owner_alive(row[0])
-            if free:
-                self._conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",
-                                   (prompt_set, case_number, me, time.time()))
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
-        return free
+        return CaseClaims(self._conn).claim(prompt_set, case_number)
 
     def release(self, prompt_set: str, case_number: str) -> None:
         """Drop this process's claim of a case (done, or given up)."""
-        self._conn.execute("DELETE FROM claims WHERE prompt_set = ? AND case_number = ? AND owner = ?",
-                           (prompt_set, case_number, process_owner()))
+        CaseClaims(self._conn).release(prompt_set, case_number)
 
     # -- reading -------------------------------------------------------------------------------------------
 
