@@ -151,3 +151,79 @@ def test_refuses_a_finished_case_with_another_source_prompt(tmp_path, prompts, c
     changed.write_text("case_number,prompt\n7,a dog on a sofa\n", encoding="utf-8")
     assert _attack("--prompts", str(changed), "--out", str(out), *FAST) == 2
     assert "case 7 was attacked from another prompt" in capsys.readouterr().err
+
+
+# -- hardening, second pass (issue 28): two runs on one --out --------------------------------------------------
+
+
+def test_a_case_another_live_attack_run_holds_is_left_to_it_then_taken_over(tmp_path, prompts, capsys):
+    import sqlite3
+    import subprocess
+    import sys
+
+    from amsmooth.eval.store import CaseClaims, process_owner
+
+    out = tmp_path / "adv.csv"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        CaseClaims.beside(out).close()              # what a second `amsmooth attack` holds while it works on case 8
+        with sqlite3.connect(tmp_path / ".adv.csv.claims") as db:
+            db.execute("INSERT INTO claims VALUES ('attack', '8', ?, 0)", (process_owner(other.pid),))
+        assert _attack("--prompts", str(prompts), "--out", str(out), *FAST) == 0
+        assert "2 rab prompt(s) attacked now, 0 already there, 1 being attacked by another process" in \
+            capsys.readouterr().out
+        assert [r["case_number"] for r in _rows(out)] == ["7", "9"]
+    finally:
+        other.kill()
+        other.wait()
+    assert _attack("--prompts", str(prompts), "--out", str(out), *FAST) == 0      # its claim died with it
+    assert "1 rab prompt(s) attacked now, 2 already there" in capsys.readouterr().out
+    assert sorted(r["case_number"] for r in _rows(out)) == ["7", "8", "9"]
+
+
+def test_two_attack_runs_on_one_out_share_the_cases_and_leave_a_resumable_file(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    prompts, out = tmp_path / "p.txt", tmp_path / "adv.csv"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(8)))
+    argv = [sys.executable, "-m", "amsmooth.cli.main", "attack", "rab", "--encoder", "tiny", "--concept", "nudity",
+            "--prompts", str(prompts), "--out", str(out), *FAST]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [r.communicate(timeout=600) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], results
+    text = out.read_text(encoding="utf-8")
+    assert text.count("case_number,prompt,") == 1                       # one header
+    cases = [r["case_number"] for r in _rows(out)]
+    assert sorted(cases, key=int) == [str(i) for i in range(8)]          # every case once, none twice
+    assert main(["attack", "rab", "--encoder", "tiny", "--concept", "nudity", "--prompts", str(prompts),
+                 "--out", str(out), *FAST]) == 0
+    assert "0 rab prompt(s) attacked now, 8 already there" in capsys.readouterr().out
+
+
+def test_disk_full_while_appending_a_row_cuts_it_and_keeps_the_file_resumable(tmp_path, prompts, capsys,
+                                                                               monkeypatch):
+    import errno
+    import os
+
+    from amsmooth.attacks import runner
+
+    out = tmp_path / "adv.csv"
+    assert _attack("--prompts", str(prompts), "--out", str(out), "--limit", "1", *FAST) == 0
+    before = out.read_bytes()
+    real = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runner.os, "fsync", full)
+    assert _attack("--prompts", str(prompts), "--out", str(out), *FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"amsmooth: error: cannot write {out}: No space left on device") and "\n" not in err
+    assert out.read_bytes() == before                                      # the row written before ENOSPC is cut
+    monkeypatch.setattr(runner.os, "fsync", real)
+    assert _attack("--prompts", str(prompts), "--out", str(out), *FAST) == 0
+    assert "2 rab prompt(s) attacked now, 1 already there" in capsys.readouterr().out

@@ -31,8 +31,14 @@ def test_flux_benchmark_projects_and_counts(shrunk):
         d1 = rep.measured["text_d1"][name]["noisy_encodings"]
         assert t["noisy_encodings"] >= d1                      # extrapolated to the real depth (12 / 24 layers)
     assert set(rep.measured["step"]) == {"(1,1)", "(2,1)", "(1,2)"} and rep.step > 0
-    proj = bench.project(rep)
-    assert proj["AMS (ours)"] > proj["w/o defense"] and proj["AMS, warm word cache"] <= proj["AMS (ours)"]
+    # the projection is the documented sum of the measured parts; which of two measured times is larger is not
+    # tested (a loaded machine reorders them: benchmarks print the ratios, tests check counts and structure)
+    proj, t, base = bench.project(rep), rep.text, rep.settings["steps"] * rep.step
+    ams = t["text_uncond"] + t["noisy_encodings"] + t["median"]
+    assert proj == {"w/o defense": pytest.approx(t["text_cond"] + t["text_uncond"] + base),
+                    "AMS (ours)": pytest.approx(ams + t["relevance_cold"] + base),
+                    "AMS, warm word cache": pytest.approx(ams + t["relevance_warm"] + base)}
+    assert all(v > 0 for v in proj.values())
     text = bench.format_family_report(rep)
     assert "| AMS (ours) |" in text and "≤ 2 %" in text
     assert "relevance cold 2, warm 0; noisy encodings 2" in text          # one call per encoder, 0 when warm

@@ -243,3 +243,18 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("amsmooth: error: ") and match in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unet_file_and_sidecar_get_the_same_umask_mode(tmp_path):
+    import os
+
+    from amsmooth.unlearn import save_unet
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "u.safetensors"
+        save_unet({"w": torch.zeros(2)}, out, {"method": "test"})
+    finally:
+        os.umask(old)
+    # safetensors creates 0600 files: the U-Net was unreadable to the group while its sidecar was not
+    assert out.stat().st_mode & 0o777 == (tmp_path / "u.json").stat().st_mode & 0o777 == 0o644

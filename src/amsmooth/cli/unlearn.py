@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import AmsmoothError
+from ..prompts import text_lines
 
 ESD_FLAGS = ("method", "iterations", "lr", "negative_guidance", "start_guidance", "ddim_steps", "sample_size",
              "budget")
@@ -95,7 +96,7 @@ def preserve_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.preserve or [])
     if args.preserve_file:
         try:
-            lines = Path(args.preserve_file).read_text(encoding="utf-8").splitlines()
+            lines = text_lines(Path(args.preserve_file).read_text(encoding="utf-8"))   # \n only, not U+2028
         except (OSError, UnicodeDecodeError) as e:
             raise AmsmoothError(f"cannot read --preserve-file {args.preserve_file}: "
                                 f"{getattr(e, 'strerror', None) or e}") from None
