@@ -148,3 +148,20 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, make_args, m
     assert err.startswith("amsmooth: error:") and match in err and "\n" not in err, err
     run = tmp_path / "run"
     assert not (run / "config.json").exists() and not (run / "results.sqlite").exists()
+
+
+def test_a_full_disk_under_the_results_database_is_one_line_and_resumable(tmp_path, prompts, capsys, monkeypatch):
+    import sqlite3
+
+    def full(self, result):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    run = tmp_path / "run"
+    real = ResultStore.add
+    monkeypatch.setattr(ResultStore, "add", full)
+    assert main(["eval", *FAST, "--defense", "none", "--prompts", str(prompts), "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amsmooth: error: database or disk is full") and "\n" not in err
+    monkeypatch.setattr(ResultStore, "add", real)
+    assert main(["eval", *FAST, "--defense", "none", "--prompts", str(prompts), "--out", str(run)]) == 0
+    assert len(rows(run)) == 2

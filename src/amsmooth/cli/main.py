@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import sqlite3
 import sys
 import warnings
 from typing import NoReturn
 
-from ..errors import AmsmoothError
+from ..errors import AmsmoothError, first_line
 from ..hub import quiet_libraries
 from ..prompts import seed_problem
 
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except AmsmoothError as e:
         print(f"amsmooth: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.OperationalError) as e:   # disk full, read-only folder … where no writer said it
+        print(f"amsmooth: error: {first_line(e)} (an operating-system error: free some space or fix the "
+              "permissions, then rerun; finished work is kept)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("amsmooth: interrupted", file=sys.stderr)
