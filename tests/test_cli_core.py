@@ -46,6 +46,10 @@ def test_concept_build_and_use(tmp_path, capsys):
     (["relevance", "x", "--encoder", "tiny", "--concept", "nope"], "unknown concept"),
     (["relevance", "x", "--encoder", "/nonexistent/folder-xyz"], "local folder"),
     (["relevance", "--prompts-file", "/nonexistent.csv", "--encoder", "tiny"], "not found"),
+    # issue 28's audit: a length beyond the position embeddings was a RuntimeError traceback, 0 was ignored
+    (["relevance", "x", "--encoder", "minilm", "--max-length", "100000"], "exceeds the 512 positions"),
+    (["relevance", "x", "--encoder", "tiny", "--max-length", "0"], "--max-length must be >= 1"),
+    (["relevance", "x", "--encoder", "minilm", "--max-length", "2"], "leaves no room for a prompt token"),
 ])
 def test_errors_are_one_line(capsys, argv, match):
     assert main(argv) == 2

@@ -109,6 +109,7 @@ def test_out_of_bounds_numbers_are_refused_before_anything_is_written(tmp_path, 
     ("case_number,prompt,evaluation_guidance\n1,a cat,-3\n", "row 2: column 'evaluation_guidance' must be >= 0"),
     ("case_number,prompt\n1\u202egnp.,a cat\n", "control or format character"),
     ("case_number,prompt\nab\u200bc,a cat\n", "control or format character"),
+    ("prompt,prompt\na cat,a dog\n", "line 1: the header names column 'prompt' more than once"),
 ])
 def test_bad_prompt_csvs_are_one_line_naming_the_line(tmp_path, capsys, content, match):
     csv, out = tmp_path / "p.csv", tmp_path / "out"

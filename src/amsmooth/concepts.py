@@ -226,7 +226,7 @@ class Concept:
         concept = cls.from_pairs(encoder, builtin_pairs_path(name), name=name)
         try:
             concept.save(cached)
-        except OSError:
+        except (OSError, AmsmoothError):   # atomic writes report OS failures as AmsmoothError
             pass  # an unwritable cache only costs a recomputation next time
         return concept
 

@@ -133,8 +133,17 @@ class TextEncoder:
         self.model_type = str(getattr(model.config, "model_type", "unknown"))
         self.is_clip = self.model_type in _CLIP_TYPES
         default = model.config.max_position_embeddings if self.is_clip else min(_tokenizer_limit(tokenizer), 77)
+        if max_length is not None and max_length < 1:
+            raise AmsmoothError(f"--max-length must be >= 1, got {max_length}")
         self.max_length = int(max_length or default)
+        positions = getattr(model.config, "max_position_embeddings", None)   # T5: relative positions, no limit
+        if isinstance(positions, int) and self.max_length > positions:
+            raise AmsmoothError(f"--max-length {self.max_length} exceeds the {positions} positions {name} has "
+                                f"(its position embeddings); give at most {positions}")
         self._prefix, self._suffix = self._special_template()
+        if self.max_content < 1:
+            raise AmsmoothError(f"--max-length {self.max_length} leaves no room for a prompt token between "
+                                f"{name}'s {len(self._prefix) + len(self._suffix)} special tokens")
         self.calls = 0      # encoder forward passes (batched calls), for the performance targets
         self.rows = 0       # sequences encoded
         self._fingerprint: dict[str, str | int] | None = None

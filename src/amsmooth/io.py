@@ -129,6 +129,8 @@ def atomic_save_image(path: Path, image: Any) -> None:
 
 def check_writable_dir(path: Path) -> None:
     """Create ``path`` if needed; one clear error if it cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise AmsmoothError(f"--out {path} is a file, not a folder; give a folder for the images")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

@@ -108,6 +108,10 @@ def read_csv(text: str, where: str) -> tuple[list[str], list[tuple[int, dict[str
         header = next(reader, [])
     except csv.Error as e:
         raise AmsmoothError(f"{where}: line 1: malformed CSV ({e})") from None
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise AmsmoothError(f"{where}: line 1: the header names column {twice[0]!r} more than once; which one is "
+                            "meant cannot be told")
     rows: list[tuple[int, dict[str, str]]] = []
     while True:
         start = reader.line_num + 1
