@@ -90,6 +90,9 @@ def test_csv_without_prompt_column(tmp_path, capsys):
     (["--steps", "1001"], "--steps must be >= 1 and <= 1000"),
     (["--n", "102"], "n must be >= 1 and <= 101"),
     (["--strength", "0"], "--strength must be > 0 and <= 1"),
+    # issue 28's audit: these were memory-allocation tracebacks after the model had loaded
+    (["--images-per-prompt", "100000"], "--images-per-prompt must be >= 1 and <= 64"),
+    (["--height", "800000"], "--height must be >= 8 and <= 4096"),
 ])
 def test_out_of_bounds_numbers_are_refused_before_anything_is_written(tmp_path, capsys, extra, match):
     out = tmp_path / "out"

@@ -42,3 +42,6 @@ SMOOTHING_N = Bound("n", 1, 101, "noisy encodings per median; the paper uses 13,
 STEPS = Bound("steps", 1, 1000, "denoising steps; schedulers have 1000 training timesteps")
 STRENGTH = Bound("strength", 0.0, 1.0, "image-to-image strength: the share of the steps run from the init image",
                  low_open=True)
+IMAGES_PER_PROMPT = Bound("images_per_prompt", 1, 64, "images drawn in one pipeline call per prompt; for more, "
+                                                      "rerun with other seeds")
+IMAGE_SIDE = Bound("side", 8, 4096, "pixels; SD 1.x draws 512, SDXL and Flux 1024")

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import AmsmoothError
 from ..hub import quiet_libraries
-from ..limits import GUIDANCE, STEPS, STRENGTH
+from ..limits import GUIDANCE, IMAGE_SIDE, IMAGES_PER_PROMPT, STEPS, STRENGTH
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -59,8 +59,8 @@ def validate_generation(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         if v is not None and (v < 8 or v % 8):
             raise AmsmoothError(f"--{name} must be a positive multiple of 8, got {v}")
-    if args.images_per_prompt < 1:
-        raise AmsmoothError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
+        IMAGE_SIDE.check(v, f"--{name}")
+    IMAGES_PER_PROMPT.check(args.images_per_prompt)
     if getattr(args, "batch_size", 1) < 1:
         raise AmsmoothError(f"--batch-size must be >= 1, got {args.batch_size}")
 
