@@ -163,6 +163,6 @@ def test_disk_full_while_saving_an_image_is_one_line_and_leaves_no_partial_file(
     out = tmp_path / "out"
     monkeypatch.setattr("amsmooth.io.os.fsync", full)
     assert main(["generate", "a cat", *FAST, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "cannot write" in err and "No space left on device" in err and "\n" not in err
+    errors = [ln for ln in capsys.readouterr().err.split("\n") if "amsmooth: error:" in ln]   # after the bar
+    assert len(errors) == 1 and "cannot write" in errors[0] and "No space left on device" in errors[0]
     assert list(out.iterdir()) == []

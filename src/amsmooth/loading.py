@@ -124,6 +124,8 @@ def load_encoder(source: str, max_length: int | None = None, device: str | None 
     from .hub import quiet_libraries
     from .tiny import tiny_text_encoder
 
+    if max_length is not None and max_length < 1:
+        raise AmsmoothError(f"--max-length must be >= 1, got {max_length}")
     quiet_libraries()
     if source == "tiny":
         return tiny_text_encoder()
