@@ -177,7 +177,7 @@ def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Pat
     settings_json = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     outer = tqdm(total=len(cases), initial=len(cases) - len(todo), desc=f"{attack.name}", unit="prompt",
                  disable=not progress)
-    now = busy = 0
+    now = busy = meanwhile = 0
     try:
         for case in todo:
             if not claims.claim("attack", case.case_number):
@@ -186,6 +186,7 @@ def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Pat
             try:
                 with claims.locked():      # finished by another process since we read the file?
                     if case.case_number in finished_cases(out, settings):
+                        meanwhile += 1
                         continue
                 result = _attack_one(attack, case, seed, progress)
                 with claims.locked():
@@ -199,7 +200,7 @@ def attack_cases(attack: TextAttack, cases: Sequence[PromptCase], out: str | Pat
     finally:
         outer.close()
         claims.close()
-    return AttackCounts(len(cases) - len(todo), now, busy)
+    return AttackCounts(len(cases) - len(todo) + meanwhile, now, busy)
 
 
 def _attack_one(attack: TextAttack, case: PromptCase, seed: int, progress: bool) -> AttackResult:
