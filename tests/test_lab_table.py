@@ -79,7 +79,7 @@ def test_attack_sources_are_distinct_prompts(tmp_path) -> None:
 
     from amsmooth.lab.table import Plan, Table
 
-    paths = Table(tmp_path, Plan(prompts=4, seeds=(0, 1, 2))).prompts()
+    paths = Table(tmp_path, Plan(prompts=4, attack_prompts=4, seeds=(0, 1, 2))).prompts()
 
     def prompts(name: str) -> list[str]:
         with paths[name].open() as f:
