@@ -90,7 +90,8 @@ class SafreePipeline:
 
     def settings(self) -> dict[str, Any]:
         """The configuration with the family's resolved choices (what ran)."""
-        return {**self.config.to_dict(), "safree_family": self.family, "safree_encoder": TARGET[self.family].name,
+        encoder = f"{TARGET[self.family].model} ({self.text.view.model_type})"
+        return {**self.config.to_dict(), "safree_family": self.family, "safree_encoder": encoder,
                 "safree_pooling": self.text.kind, "safree_svf_used": self.svf, "safree_negative_used": self.negative}
 
     @property
