@@ -52,17 +52,20 @@ def pooling_kind(view: EncoderView, family: str) -> str:
 
 @dataclass
 class PromptFilter:
-    """SAFREE's decision for one prompt: flagged tokens, β, the last filtered step (None: every step)."""
+    """SAFREE's decision for one prompt: its tokens, the flagged ones (and their indices into ``tokens``), β, the
+    last filtered step (None: every step)."""
 
     prompt: str
     tokens: list[str]
     flagged: list[str]
+    flagged_index: list[int]
     beta: float
     last_step: int | None
     projected: torch.Tensor | None = field(default=None, repr=False)   # [K, L, D] rows for this prompt
 
     def report(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "tokens": self.tokens, "flagged": self.flagged, "beta": self.beta,
+        return {"prompt": self.prompt, "tokens": self.tokens, "flagged": self.flagged,
+                "flagged_index": self.flagged_index, "beta": self.beta,
                 "filtered_steps": "all" if self.last_step is None else self.last_step + 1}
 
 
@@ -126,7 +129,7 @@ class SafreeText:
         tokens = batch.tokens[0][start:start + n]
         sub, put = self._slice(cond, length)
         if n == 0:
-            return PromptFilter(prompt, tokens, [], 0.0, None, cond)
+            return PromptFilter(prompt, tokens, [], [], 0.0, None, cond)
         rows = [content[:i] + [MASK_ID] + content[i + 1:] for i in range(n)]
         ids, mask = v.build_ids(rows)
         pooled = self.pooled_ids(ids, mask)                          # [n, D]
@@ -143,8 +146,8 @@ class SafreeText:
         real[:min(sub.shape[1], int(mask[0].sum()))] = True          # start, prompt and end tokens
         beta = self_validation_beta(sub[0], projected[0], real)
         last = filtered_steps(beta, self.config.up_t, *self.config.schedule) if self.svf else None
-        return PromptFilter(prompt, tokens, [t for t, f in zip(tokens, flags.tolist(), strict=True) if f], beta,
-                            last, put(merged))
+        index = [i for i, f in enumerate(flags.tolist()) if f]
+        return PromptFilter(prompt, tokens, [tokens[i] for i in index], index, beta, last, put(merged))
 
     def _slice(self, cond: torch.Tensor, length: int) -> tuple[torch.Tensor, Any]:
         """This encoder's part of ``cond`` ``[K, L_total, D_total]`` and a function that puts a new part back."""
