@@ -7,6 +7,7 @@ as SD3's T5 — no reference exists for Flux).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +123,9 @@ class SafreeText:
         pipeline's tokenization length for this encoder (T5's ``max_sequence_length``; default the encoder's)."""
         v = self.view
         length = length or v.max_length
-        batch = v.tokenize([prompt])
+        with warnings.catch_warnings():     # the pipeline's own tokenization warns about truncation already
+            warnings.simplefilter("ignore", UserWarning)
+            batch = v.tokenize([prompt])
         keep = max(0, v.max_content - (v.max_length - length))
         content = list(batch.content_ids[0])[:keep]
         n, start = len(content), v.content_start
