@@ -273,6 +273,8 @@ def test_defense_spec_names_settings_and_refusals():
         DefenseSpec.parse("safree", SmoothingConfig(), stage="unet")
     with pytest.raises(AmsmoothError, match="--safree"):
         DefenseSpec.parse("sld-medium", safree=SafreeConfig())
+    with pytest.raises(AmsmoothError, match="model-aware"):
+        DefenseSpec.parse("safree", SmoothingConfig(concepts=("nudity",)), model_aware="base")
 
 
 def test_eval_cli_flags_build_the_spec():
