@@ -116,7 +116,8 @@ class SafreePipeline:
             joined = ", ".join(self.config.keywords)
             negative_prompt = joined if isinstance(prompt, str) else [joined] * len(prompts)
         state = _CallState(prompts)
-        user_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        user_inputs = list(getattr(callback_on_step_end, "tensor_inputs", None)      # diffusers' PipelineCallback
+                           or callback_on_step_end_tensor_inputs or ["latents"])
         inputs = user_inputs + [k for k in ("prompt_embeds",) if k not in user_inputs]
         with self._encoding(state), self._re_attention(state):
             out = self.pipe(prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
