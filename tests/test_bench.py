@@ -9,7 +9,7 @@ def _components(**over: float) -> dict:
          "relevance_global_cold": 4.0, "relevance_global_warm": 2.0, "noisy_encodings": 3.0, "median": 0.5,
          "unet_2": 10.0, "unet_3": 15.0, "unet_naive": 70.0, "vae": 5.0, "calls_relevance_local_cold": 1,
          "calls_relevance_local_warm": 0, "calls_relevance_global_cold": 1, "calls_relevance_global_warm": 1,
-         "calls_noisy": 1}
+         "calls_noisy": 1, "safree_text": 0.25}
     c.update(over)
     return c
 
@@ -21,6 +21,18 @@ def test_projection_arithmetic():
     assert p["AMS, warm word cache"] == 1.0 + 3.0 + 0.5 + 505
     assert p["SLD"] == 2.0 + 1.0 + 50 * 15 + 5
     assert p["U-Net-level median (n=13)"] == 2.0 + 3.0 + 50 * 70 + 5
+    assert p["SAFREE"] == 2.0 + 0.25 + 505                        # plain text + SAFREE's text stage
+    assert p["SAFREE + latent re-attention"] == 2.0 + 0.25 + 50 * 15 + 5   # the plain prompt's third U-Net row
+    assert p["SAFREE + AMS"] == p["AMS (ours)"] + 0.25
+
+
+def test_safree_text_time_runs_on_the_tiny_components():
+    import torch
+
+    from amsmooth.bench import safree_text_time
+    from amsmooth.tiny import tiny_components
+
+    assert safree_text_time(tiny_components(), torch.device("cpu")) > 0
 
 
 def test_report_prints_projected_line():

@@ -162,6 +162,21 @@ def text_stage_times(enc: TextEncoder, concept: Concept, prompts: list[str], dev
     return out
 
 
+def safree_text_time(components: dict[str, Any], device: torch.device) -> float:
+    """SAFREE's text stage for PROMPT beyond plain encoding: the leave-one-out encodings (one row per token),
+    detection and projection (the keywords' subspace is built once per pipeline, not per prompt)."""
+    from diffusers import StableDiffusionPipeline
+
+    from .baselines.safree import SafreeConfig
+    from .baselines.safree_pipeline import SafreePipeline
+    from .loading import assemble_pipeline
+
+    safree = SafreePipeline.from_pipeline(assemble_pipeline(StableDiffusionPipeline, components), SafreeConfig())
+    cond = safree.pipe.encode_prompt(PROMPT, device, 1, False)[0]
+    with torch.no_grad():
+        return timed(lambda: safree.text.analyse(PROMPT, cond), device, repeat=3)
+
+
 def unet_step_time(unet: torch.nn.Module, rows: int, size: int, device: torch.device, repeat: int) -> float:
     """One U-Net forward on ``rows`` latents of ``size`` px (one denoising step of that batch)."""
     dtype = unet.dtype
@@ -188,13 +203,19 @@ def project(c: dict[str, float], steps: int, n: int) -> dict[str, float]:
             "AMS (ours)": ams_text + c["relevance_local_cold"] + base,
             "AMS, warm word cache": ams_text + c["relevance_local_warm"] + base,
             "AMS + global relevance": ams_text + c["relevance_global_cold"] + base,
+            "SAFREE": plain + c["safree_text"] + base,
+            "SAFREE + latent re-attention": plain + c["safree_text"] + steps * c["unet_3"] + c["vae"],
+            "SAFREE + AMS": ams_text + c["relevance_local_cold"] + c["safree_text"] + base,
             f"U-Net-level median (n={n})": plain + c["noisy_encodings"] + steps * c["unet_naive"] + c["vae"]}
 
 
 def end_to_end(components: dict, concept: Concept, size: int, steps: int, device: torch.device) -> tuple[dict, dict]:
-    """Measured wall time per image and peak memory: undefended, AMS (cold, warm cache), SLD-Medium."""
+    """Measured wall time per image and peak memory: undefended, AMS (cold, warm cache), SLD-Medium, SAFREE (alone,
+    with latent re-attention, over AMS; the reference's settings otherwise)."""
     from diffusers import StableDiffusionPipeline
 
+    from .baselines.safree import SafreeConfig
+    from .baselines.safree_pipeline import SafreePipeline
     from .baselines.sld import SLDPipeline
     from .loading import assemble_pipeline
     from .pipeline import DefendedPipeline
@@ -203,10 +224,15 @@ def end_to_end(components: dict, concept: Concept, size: int, steps: int, device
     sld = SLDPipeline.from_pipeline(pipe, "sld-medium")
     kw = dict(num_inference_steps=steps, height=size, width=size, output_type="np")
     defended = DefendedPipeline.from_pipeline(pipe, [concept], SmoothingConfig())
+    safree = {name: SafreePipeline.from_pipeline(pipe, SafreeConfig(lra=lra), ams)
+              for name, lra, ams in (("SAFREE", False, None), ("SAFREE + latent re-attention", True, None),
+                                     ("SAFREE + AMS", False, SmoothingConfig(concepts=(concept,))))}
     runs = {"w/o defense": lambda: pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kw),
             "AMS (ours)": lambda: defended(PROMPT, generator=torch.Generator().manual_seed(0), **kw),
             "AMS, warm word cache": lambda: defended(PROMPT, generator=torch.Generator().manual_seed(0), **kw),
-            "SLD": lambda: sld(PROMPT, generator=torch.Generator().manual_seed(0), **kw)}
+            "SLD": lambda: sld(PROMPT, generator=torch.Generator().manual_seed(0), **kw),
+            **{name: (lambda p=p: p(PROMPT, generator=torch.Generator().manual_seed(0), **kw))
+               for name, p in safree.items()}}
     times, memory = {}, {}
     for name, fn in runs.items():
         with PeakMemory(device) as mem:
@@ -241,6 +267,8 @@ def run_benchmark(quick: bool = True, device: str = "cpu", dtype: torch.dtype = 
     else:
         c["unet_naive"] = unet_step_time(comps["unet"], 1 + n, size, dev, unet_repeat)
     c["vae"] = vae_time(comps["vae"], size, dev)
+    log("timing SAFREE's text stage …")
+    c["safree_text"] = safree_text_time(comps, dev)
     report.components = c
     log(f"end to end at {e2e_size} px, {e2e_steps} steps …")
     report.end_to_end, report.memory = end_to_end(comps, concept, e2e_size, e2e_steps, dev)
@@ -314,7 +342,9 @@ def format_report(r: Report) -> str:
     ams = proj["AMS (ours)"]
     lines += ["", f"projected {s['size']} px / {s['steps']} steps: AMS {_pct(ams, base)} (paper, V100: +9.35 %), "
               f"AMS warm cache {_pct(proj['AMS, warm word cache'], base)}, SLD {_pct(proj['SLD'], base)} "
-              f"(paper: +24.84 %); measured here at {s['e2e_size']} px / {s['e2e_steps']} steps"
+              f"(paper: +24.84 %), SAFREE {_pct(proj['SAFREE'], base)}, SAFREE + latent re-attention "
+              f"{_pct(proj['SAFREE + latent re-attention'], base)}, SAFREE + AMS {_pct(proj['SAFREE + AMS'], base)}; "
+              f"measured here at {s['e2e_size']} px / {s['e2e_steps']} steps"
               + (" (quick mode)" if s["quick"] else "")]
     return "\n".join(lines)
 

@@ -82,6 +82,41 @@ def smoothing_flags_text(extra: tuple[str, ...] = ()) -> str:
     return "/".join(["--preset", *(smoothing_flag(f) for f in smoothing_fields()), *extra])
 
 
+SAFREE_OPTIONS = ("safree_alpha", "safree_svf", "safree_negative", "safree_lra", "safree_keywords")
+
+
+def add_safree_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options of --defense safree (defaults: the reference's; docs/baselines.md). Its keywords come from
+    --concept (nudity, violence, vangogh) or --safree-keywords FILE."""
+    p.add_argument("--safree-alpha", type=float, metavar="A", help="SAFREE: trigger-token margin (default 0.01)")
+    p.add_argument("--safree-svf", choices=("auto", "on", "off"),
+                   help="SAFREE: self-validating filtering (default auto: on for SD 1.x, off for SDXL/SD3/Flux, as "
+                        "the reference)")
+    p.add_argument("--safree-negative", choices=("auto", "on", "off"),
+                   help="SAFREE: the keywords as negative prompt when none is given (default auto: on where the "
+                        "model has classifier-free guidance)")
+    p.add_argument("--safree-lra", action="store_true", default=None,
+                   help="SAFREE: latent re-attention (Fourier filtering of U-Net skip features; SD 1.x/SDXL; off by "
+                        "default, see docs/baselines.md)")
+    p.add_argument("--safree-keywords", metavar="FILE", help="SAFREE: keyword list (one a line) instead of the "
+                                                              "concept's built-in one")
+
+
+def safree_config(args: argparse.Namespace):  # noqa: ANN201 - amsmooth.baselines.safree.SafreeConfig
+    """SafreeConfig of the --safree-* flags and --concept (built-in keyword lists); None when no flag is given
+    and the concept is the default (the DefenseSpec then takes the reference's settings)."""
+    from ..baselines.safree import SafreeConfig
+
+    changes = {name: getattr(args, f"safree_{name}") for name in ("alpha", "svf", "negative", "lra")
+               if getattr(args, f"safree_{name}", None) is not None}
+    if getattr(args, "safree_keywords", None):
+        changes["keywords_file"] = args.safree_keywords
+    concepts = tuple(getattr(args, "concept", None) or ("nudity",))
+    if args.safree_keywords and getattr(args, "concept", None) is None:
+        concepts = ()
+    return SafreeConfig(concepts=concepts, **changes)
+
+
 def load_concepts(specs: Sequence[str], encoder) -> list:  # noqa: ANN001
     from ..concepts import resolve_concept
 

@@ -14,7 +14,16 @@ from ..batching import per_prompt_small_gemms
 from ..errors import AmsmoothError
 from ..io import atomic_save_image, atomic_write_json, check_writable_dir, inside
 from ..prompts import PromptCase
-from .common import add_concept_args, add_smoothing_args, collect_prompts, smoothing_config
+from .common import (
+                     SAFREE_OPTIONS,
+                     SMOOTHING_OPTIONS,
+                     add_concept_args,
+                     add_safree_args,
+                     add_smoothing_args,
+                     collect_prompts,
+                     safree_config,
+                     smoothing_config,
+)
 from .model_options import add_generation_args, add_model_args, generation_settings, load_model, validate_generation
 
 
@@ -24,12 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-file", help="CSV in the data contract (prompt, case_number, evaluation_seed, "
                                           "evaluation_guidance) or a text file, one prompt a line")
     add_model_args(p)
-    p.add_argument("--defense", choices=["ams", "none"], default="ams")
+    p.add_argument("--defense", choices=["ams", "none", "safree"], default="ams",
+                   help="ams (default), none, or safree (the SAFREE baseline; add --ams for SAFREE on top of AMS)")
+    p.add_argument("--ams", action="store_true", help="with --defense safree: AMS underneath SAFREE")
     p.add_argument("--smoothing-stage", choices=["text", "unet"], default="text",
                    help="text: AMS (median of n text encodings); unet: naive median of n U-Net predictions "
                         "per step (Sec. 3.2, ~n× slower)")
     add_concept_args(p)
     add_smoothing_args(p)
+    add_safree_args(p)
     add_generation_args(p)
     p.add_argument("--image", metavar="PNG", help="init image: image-to-image generation")
     p.add_argument("--strength", type=float, default=0.8, help="img2img strength (default 0.8)")
@@ -45,8 +57,26 @@ def build_defended(args: argparse.Namespace, img2img: bool = False):  # noqa: AN
     pipe = load_model(args, img2img=img2img)
     if args.defense == "none":
         return undefended(pipe), None
+    if args.defense == "safree":
+        from ..baselines.safree_pipeline import SafreePipeline
+
+        config = smoothing_config(args) if args.ams else None
+        return SafreePipeline.from_pipeline(pipe, safree_config(args), config), config
     config = smoothing_config(args)
     return DefendedPipeline.from_pipeline(pipe, config.concepts, config, stage=args.smoothing_stage), config
+
+
+def check_defense_options(args: argparse.Namespace) -> None:
+    """--ams only adds AMS to safree; --safree-* only configure safree; SAFREE runs at the text stage."""
+    if args.ams and args.defense != "safree":
+        raise AmsmoothError("--ams adds AMS underneath --defense safree; --defense ams is AMS alone")
+    if args.defense != "safree" and any(getattr(args, f, None) is not None for f in SAFREE_OPTIONS):
+        raise AmsmoothError("--safree-* options configure --defense safree; they have no effect here")
+    if args.defense == "safree" and not args.ams and any(getattr(args, f, None) is not None
+                                                         for f in SMOOTHING_OPTIONS):
+        raise AmsmoothError("smoothing options need AMS: add --ams to --defense safree")
+    if args.defense == "safree" and args.smoothing_stage != "text":
+        raise AmsmoothError("--smoothing-stage unet does not combine with SAFREE")
 
 
 def load_init_image(path: str):  # noqa: ANN201 - PIL image
@@ -59,7 +89,7 @@ def load_init_image(path: str):  # noqa: ANN201 - PIL image
 
 
 def sidecar(case: PromptCase, k: int, seed: int, guidance: float, args: argparse.Namespace, config: Any, rel: dict,
-            timings: dict) -> dict:
+            timings: dict, safree: dict | None = None) -> dict:
     return {"case_number": case.case_number, "image_index": k, "prompt": case.prompt, "seed": seed,
             "guidance": guidance, "steps": args.steps, "model": args.model, "unet": args.unet,
             "text_encoder": args.text_encoder, "defense": args.defense,
@@ -70,6 +100,7 @@ def sidecar(case: PromptCase, k: int, seed: int, guidance: float, args: argparse
             **({"encoders": {name: [{k: t[k] for k in ("token", "word", "sim_own", "sim", "sigma")} for t in rows]
                              for name, rows in rel["encoders"].items()}}
                if len(rel.get("encoders", {})) > 1 else {}),
+            **({"ams": args.ams, "safree": safree} if safree is not None else {}),
             "timings": timings}
 
 
@@ -106,8 +137,11 @@ def generate_batch(dp: Any, group: Sequence[PromptCase], gen: Any, args: argpars
 
 def run(args: argparse.Namespace) -> int:
     validate_generation(args)
+    check_defense_options(args)
     cases = collect_prompts(args.prompts, args.prompts_file)
-    config = smoothing_config(args) if args.defense == "ams" else None  # validates σ0/k/n early
+    config = smoothing_config(args) if args.defense == "ams" or args.ams else None  # validates σ0/k/n early
+    if args.defense == "safree":
+        safree_config(args)                                                       # and SAFREE's
     out = Path(args.out)
     check_writable_dir(out)
     init = load_init_image(args.image) if args.image else None
@@ -122,12 +156,15 @@ def run(args: argparse.Namespace) -> int:
         timings = {**result.timings, "batch_prompts": len(group)}
         for b, case in enumerate(group):
             rel = result.relevance[b] if result.relevance else {}
+            safree = None
+            if args.defense == "safree":
+                safree = {**dp.settings(), **result.safree[b]}
             for k in range(args.images_per_prompt):
                 image, stem = result.images[b * args.images_per_prompt + k], f"{case.case_number}_{k}"
                 atomic_save_image(inside(out, f"{stem}.png"), image)
                 atomic_write_json(inside(out, f"{stem}.json"), sidecar(case, k, gen.seed_of(case),
                                                                       gen.guidance_of(case), args, config, rel,
-                                                                      timings))
+                                                                      timings, safree))
     bar.close()
     total = time.perf_counter() - started
     n_img = len(cases) * args.images_per_prompt

@@ -17,7 +17,16 @@ from ..eval.store import ResultStore
 from ..io import check_writable_dir
 from ..model_relevance import attach_model_aware
 from ..pipeline import STAGES
-from .common import SMOOTHING_OPTIONS, add_concept_args, add_smoothing_args, smoothing_config, smoothing_flags_text
+from .common import (
+                     SAFREE_OPTIONS,
+                     SMOOTHING_OPTIONS,
+                     add_concept_args,
+                     add_safree_args,
+                     add_smoothing_args,
+                     safree_config,
+                     smoothing_config,
+                     smoothing_flags_text,
+)
 from .model_options import generation_settings, load_model, resolve_dtype, validate_generation
 
 # Config keys that may change when a run is resumed: they do not change any image.
@@ -29,7 +38,8 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--defense", required=True, metavar="NAME",
                    help=f"{', '.join(DEFENSES)}; 'ams' is Adaptive Median Smoothing alone")
     g.add_argument("--ams", action="store_true",
-                   help="add AMS on top of --defense blacklist, posi or sld-* (e.g. --defense sld-medium --ams)")
+                   help="add AMS on top of --defense blacklist, posi, sld-* or safree (e.g. --defense sld-medium "
+                        "--ams)")
     g.add_argument("--smoothing-stage", choices=STAGES, default="text",
                    help="text: AMS (default); unet: naive median of n U-Net predictions per step (Sec. 3.2)")
     add_concept_args(g)
@@ -41,6 +51,7 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
                    help="AMS relevance from the model (the lab table's oracle arm): each token's effect on the "
                         "defended U-Net's noise prediction toward REF's concept direction; REF: 'base' (--model's "
                         "own U-Net) or a U-Net file (docs/method.md)")
+    add_safree_args(g)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -57,12 +68,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def defense_spec(args: argparse.Namespace) -> DefenseSpec:
     """The defense of the flags; smoothing flags without AMS are refused rather than ignored."""
     ams = args.ams or args.defense == "ams"
-    if not ams and any(getattr(args, f, None) is not None for f in (*SMOOTHING_OPTIONS, "concept")):
-        raise AmsmoothError(f"smoothing options ({smoothing_flags_text(('--concept',))}) need AMS: "
-                            "use --defense ams, or add --ams to another defense")
+    safree = args.defense == "safree"
+    own = SMOOTHING_OPTIONS if safree else (*SMOOTHING_OPTIONS, "concept")   # SAFREE takes --concept too
+    if not ams and any(getattr(args, f, None) is not None for f in own):
+        raise AmsmoothError(f"smoothing options ({smoothing_flags_text(() if safree else ('--concept',))}) need "
+                            "AMS: use --defense ams, or add --ams to another defense")
+    if not safree and any(getattr(args, f, None) is not None for f in SAFREE_OPTIONS):
+        raise AmsmoothError("--safree-* options configure --defense safree; they have no effect here")
     name = "ams" if args.defense == "none" and args.ams else args.defense
     return DefenseSpec.parse(name, smoothing_config(args) if ams else None, args.smoothing_stage,
-                             args.blacklist, args.posi_model, getattr(args, "model_aware", None))
+                             args.blacklist, args.posi_model, getattr(args, "model_aware", None),
+                             safree_config(args) if safree else None)
 
 
 def model_label(args: argparse.Namespace) -> str | None:

@@ -1,5 +1,5 @@
-"""The defenses an evaluation compares (Sec. 4.1): none, AMS, blacklist, POSI, SLD's four presets — and AMS on
-top of any of the others.
+"""The defenses an evaluation compares (Sec. 4.1): none, AMS, blacklist, POSI, SLD's four presets, SAFREE — and
+AMS on top of any of the others.
 
 A defense is a *base* (what happens to the prompt or the denoising) plus, optionally, Adaptive Median Smoothing of
 the text conditioning. Its name is the base (``sld-medium``), ``ams`` for AMS alone, or ``<base>+ams``
@@ -19,6 +19,8 @@ import torch
 
 from ..baselines.blacklist import Blacklist
 from ..baselines.posi import POSI_INSTRUCTION, POSI_TEMPLATE, CausalLMRewriter
+from ..baselines.safree import SafreeConfig
+from ..baselines.safree_pipeline import SafreePipeline
 from ..baselines.sld import SLD_PRESETS, SLDPipeline, sld_preset
 from ..batching import per_prompt_small_gemms
 from ..config import SmoothingConfig
@@ -27,13 +29,13 @@ from ..families import undefended
 from ..model_relevance import model_aware_settings
 from ..pipeline import STAGES, DefendedPipeline
 
-DEFENSES = ("none", "ams", "blacklist", "posi", *SLD_PRESETS)
+DEFENSES = ("none", "ams", "blacklist", "posi", *SLD_PRESETS, "safree")
 PERFORMANCE_KNOBS = ("max_batch", "cache_size")  # change speed and memory, never the images
 
 
 @dataclass(frozen=True)
 class DefenseSpec:
-    """What to run: ``base`` (none, blacklist, posi, sld-*), the AMS config (None: no AMS) and its stage."""
+    """What to run: ``base`` (none, blacklist, posi, sld-*, safree), the AMS config (None: no AMS) and its stage."""
 
     base: str = "none"
     ams: SmoothingConfig | None = None
@@ -41,15 +43,16 @@ class DefenseSpec:
     blacklist: str | None = None     # word-list path; None: the shipped default list
     posi_model: str | None = None    # local causal-LM folder (POSI)
     model_aware: str | None = None   # AMS relevance from the U-Net (model_relevance): "base" or a reference U-Net
+    safree: SafreeConfig | None = None   # SAFREE's settings (base safree; None: the reference's for nudity)
 
     @classmethod
     def parse(cls, defense: str, ams: SmoothingConfig | None = None, stage: str = "text",
               blacklist: str | None = None, posi_model: str | None = None,
-              model_aware: str | None = None) -> DefenseSpec:
+              model_aware: str | None = None, safree: SafreeConfig | None = None) -> DefenseSpec:
         """From the CLI's ``--defense NAME`` (``ams`` = ``none`` + AMS) and AMS config; checks the combination."""
         if defense not in DEFENSES:
             raise AmsmoothError(f"unknown defense {defense!r}; choose one of: {', '.join(DEFENSES)} "
-                                "(add --ams to combine AMS with blacklist, posi or sld-*)")
+                                "(add --ams to combine AMS with blacklist, posi, sld-* or safree)")
         base = "none" if defense == "ams" else defense
         if defense == "ams" and ams is None:
             raise AmsmoothError("--defense ams needs a smoothing config")
@@ -65,7 +68,16 @@ class DefenseSpec:
         if model_aware and (ams is None or stage != "text" or len(ams.concepts) != 1):
             raise AmsmoothError("--model-aware sets AMS's relevance: it needs --defense ams (or --ams), the text "
                                 "stage and one --concept")
-        return cls(base, ams, stage, blacklist, posi_model, model_aware)
+        if safree is not None and base != "safree":
+            raise AmsmoothError("--safree-* options configure --defense safree; they have no effect here")
+        if base == "safree" and stage != "text":
+            raise AmsmoothError("--smoothing-stage unet does not combine with SAFREE (it conditions the U-Net on "
+                                "SAFREE's projected text; use the text stage)")
+        if base == "safree" and safree is None:
+            safree = SafreeConfig(concepts=tuple(ams.concepts) if ams is not None else ("nudity",))
+        if model_aware and base == "safree":
+            raise AmsmoothError("--model-aware does not combine with --defense safree")
+        return cls(base, ams, stage, blacklist, posi_model, model_aware, safree)
 
     @property
     def name(self) -> str:
@@ -85,6 +97,8 @@ class DefenseSpec:
                        posi_template=POSI_TEMPLATE, posi_instruction=POSI_INSTRUCTION)
         if self.base in SLD_PRESETS:
             out.update(sld_preset(self.base))
+        if self.safree is not None:
+            out.update(self.safree.to_dict())
         if self.ams is not None:
             out.update({k: v for k, v in self.ams.to_dict().items() if k not in PERFORMANCE_KNOBS},
                        smoothing_stage=self.stage)
@@ -110,6 +124,9 @@ class DefenseSpec:
     def build(self, pipe: Any, device: torch.device | str | None = None) -> Defense:
         """The runnable defense on a loaded SD pipeline (SLD shares its modules)."""
         settings, rewriter = self.settings(), self.rewriter(device)
+        if self.safree is not None:
+            safree = SafreePipeline.from_pipeline(pipe, self.safree, self.ams)
+            return Defense(self, safree, {**settings, **safree.settings()}, rewriter)
         target = SLDPipeline.from_pipeline(pipe, self.base) if self.base in SLD_PRESETS else pipe
         defended = (undefended(target) if self.ams is None else
                     DefendedPipeline.from_pipeline(target, self.ams.concepts, self.ams, self.stage))
@@ -130,7 +147,7 @@ class Defense:
     """A built defense: optional prompt rewriting, then (AMS-)defended generation."""
 
     spec: DefenseSpec
-    pipeline: DefendedPipeline
+    pipeline: DefendedPipeline | SafreePipeline
     settings: dict[str, Any]
     rewrite: Callable[[str], str] | None = None
 
