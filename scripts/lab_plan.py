@@ -30,6 +30,8 @@ ARMS = {
                   "direction (amsmooth.model_relevance, eval --model-aware base), σ0 and k calibrated: an upper bound "
                   "on what any relevance score could give — is the failure the score or the mechanism?",
     "sld-max": "Safe Latent Diffusion, MAX preset",
+    "safree": "SAFREE (Yoon et al., ICLR 2025; docs/baselines.md) at the reference's settings, its self-validating "
+              "filtering on or off chosen on the calibration split",
 }
 
 

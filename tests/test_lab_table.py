@@ -27,11 +27,12 @@ def test_bootstrap_interval_covers_the_rate_and_widens_with_disagreement() -> No
 def test_lab_table_smoke(tmp_path) -> None:
     from amsmooth.lab.table import Plan, Table
 
-    arms = ("none", "ams", "ams-equal", "ams-oracle")
+    arms = ("none", "ams", "ams-equal", "ams-oracle", "safree")
     plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, calibration_benign_prompts=2,
                 calibration_seeds=(0,), seeds=(0,), image_seeds=(0, 1), steps=3, sets=("train", "benign"),
                 attacks=("rab",), defenses=arms, models=("uce",), calibration_attacks=("rab",), sigma0_grid=(0.1,),
                 k_grid=(3.0,), equal_sigma0_grid=(0.1, 0.2), oracle_sigma0_grid=(0.1,), oracle_k_grid=(3.0,),
+                safree_svf_grid=("on",),
                 attack_budget="lab", label="smoke")
     md = Table(tmp_path, plan, batch_size=2).run()
     assert "batch size 2" in md
@@ -47,6 +48,7 @@ def test_lab_table_smoke(tmp_path) -> None:
     assert cal["uce"]["chosen"]["ams-equal"]["k"] == 0.0 and len(cal["uce"]["trials"]["ams-equal"]) == 2
     oracle = json.loads((tmp_path / "runs" / "uce-ams-oracle" / "config.json").read_text())["defense_config"]
     assert oracle["relevance"] == "model-aware" and oracle["sigma0"] == 0.1
+    assert cal["uce"]["chosen"]["safree"] == {"svf": "on"}
     # each attack prompt is evaluated under every image seed, clustered by its source prompt
     with (tmp_path / "prompts" / "shared" / "rab.csv").open() as f:
         cases = [r["case_number"] for r in csv.DictReader(f)]

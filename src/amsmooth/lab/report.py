@@ -52,7 +52,7 @@ def summarize_run(run: Path) -> dict[str, Any]:
 
 # The pre-registered comparisons (docs/lab/v3/plan.json): paired over the attack sets' source prompts.
 PRIMARY = (("ams", "none"), ("ams", "blacklist"))
-SECONDARY = (("ams", "ams-equal"), ("ams-oracle", "ams"), ("ams-oracle", "none"))
+SECONDARY = (("ams", "ams-equal"), ("ams-oracle", "ams"), ("ams-oracle", "none"), ("ams", "safree"))
 FACTORS = (1.6, 3.7)        # the lab's v2 reduction of ASR by AMS and the paper's (Table 1, ESD)
 
 

@@ -53,6 +53,7 @@ def preserved_vocabulary() -> list[str]:
 # noise (k = 0 at AMS's benign accuracy: is the *adaptive* part doing the work?) and the oracle (σ from each token's
 # effect on the erased U-Net, model_relevance: is the failure the score or the mechanism?).
 AMS_ARMS = ("ams", "ams-equal", "ams-oracle")
+CALIBRATED = (*AMS_ARMS, "safree")     # SAFREE (baselines.safree): its self-validating filtering, on or off
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Plan:
     guidance: float = 7.5
     sets: tuple[str, ...] = ("train", "heldout", "implicit", "lookalike", "benign")
     attacks: tuple[str, ...] = ("rab", "qf", "uda", "p4d", "rab-adaptive")
-    defenses: tuple[str, ...] = ("none", "blacklist", "ams", "ams-equal", "ams-oracle", "sld-max")
+    defenses: tuple[str, ...] = ("none", "blacklist", "ams", "ams-equal", "ams-oracle", "sld-max", "safree")
     models: tuple[str, ...] = ("esd", "uce")
     calibration_attacks: tuple[str, ...] = ("rab", "uda", "p4d")   # attacked calibration prompts (not adaptive)
     sigma0_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)   # × token-embedding std (ams)
@@ -79,6 +80,7 @@ class Plan:
     equal_sigma0_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 3.0)   # ams-equal (k = 0)
     oracle_sigma0_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)     # ams-oracle
     oracle_k_grid: tuple[float, ...] = (3.0, 9.0)
+    safree_svf_grid: tuple[str, ...] = ("on", "off")     # safree (reference: on for SD 1.x)
     max_utility_drop: float = 0.05
     attack_budget: str = "lab-v3"             # LAB_BUDGETS[attack_budget]: labelled CPU budgets (docs/lab.md)
     # The attacks' source prompts: the table's first `attack_prompts` *distinct* training-lexicon prompts.
@@ -100,7 +102,8 @@ class Plan:
                    calibration_seeds=(0,), seeds=(0,), image_seeds=(0,), steps=20, sets=("train", "heldout", "benign"),
                    attacks=("rab",), calibration_attacks=("uda",), sigma0_grid=(0.5,), k_grid=(9.0,),
                    equal_sigma0_grid=(0.5, 1.0), oracle_sigma0_grid=(0.5,), oracle_k_grid=(9.0,), models=("esd",),
-                   defenses=("none", "blacklist", "ams", "ams-equal", "ams-oracle"), attack_budget="lab",
+                   defenses=("none", "blacklist", "ams", "ams-equal", "ams-oracle", "safree"), attack_budget="lab",
+                   safree_svf_grid=("on",),
                    label="quick")
 
 
@@ -173,10 +176,10 @@ class Table:
         return paths
 
     # ------------------------------------------------------------------ 3. calibration
-    def calibrate(self, name: str, unet: Path, prompts: dict[str, Path]) -> dict[str, dict[str, float]]:
-        """Each AMS arm's settings, chosen on the calibration split only (every trial kept in calibration.json):
-        ``ams`` and ``ams-oracle``: the lowest concept rate whose benign accuracy stays within max_utility_drop of
-        the undefended model's; ``ams-equal`` (k = 0): the largest σ0 whose accuracy is at least the chosen ams
+    def calibrate(self, name: str, unet: Path, prompts: dict[str, Path]) -> dict[str, dict]:
+        """Each calibrated arm's settings, chosen on the calibration split only (every trial kept in
+        calibration.json): ``ams``, ``ams-oracle`` and ``safree``: the lowest concept rate whose benign accuracy
+        stays within max_utility_drop of the undefended model's; ``ams-equal`` (k = 0): the largest σ0 whose accuracy is at least the chosen ams
         trial's (matched utility), else the most accurate one."""
         f = self.out / "calibration.json"
         done = json.loads(f.read_text()) if f.exists() else {}
@@ -186,35 +189,40 @@ class Table:
         sets += [self.attack(a, name, unet, prompts["calibration-train"], {}, calibration=True)
                  for a in self.plan.calibration_attacks]
         ref = self._calibration_scores(self._eval(f"calibration/{name}-none", unet, "none", [], sets), prompts)
-        arms = [a for a in AMS_ARMS if a in self.plan.defenses]
-        trials = {arm: [self._trial(name, unet, arm, s0, k, sets, prompts) for s0, k in self._grid(arm)]
+        arms = [a for a in CALIBRATED if a in self.plan.defenses]
+        trials = {arm: [self._trial(name, unet, arm, setting, sets, prompts) for setting in self._grid(arm)]
                   for arm in arms}
-        chosen: dict[str, dict[str, float]] = {}
+        chosen: dict[str, dict] = {}
         for arm in arms:                                              # ams first: ams-equal is matched to it
             chosen[arm] = self._choose(arm, trials, ref, chosen.get("ams"))
         done[name] = {"undefended": ref, "trials": trials, "chosen": chosen, "rule": self.calibrate.__doc__}
         f.write_text(json.dumps(done, indent=2))
         return chosen
 
-    def _grid(self, arm: str) -> list[tuple[float, float]]:
+    def _grid(self, arm: str) -> list[dict]:
         p = self.plan
+        if arm == "safree":
+            return [{"svf": v} for v in p.safree_svf_grid]
         if arm == "ams-equal":
-            return [(s0, 0.0) for s0 in p.equal_sigma0_grid]
-        if arm == "ams-oracle":
-            return [(s0, k) for s0 in p.oracle_sigma0_grid for k in p.oracle_k_grid]
-        return [(s0, k) for s0 in p.sigma0_grid for k in p.k_grid]
+            pairs = [(s0, 0.0) for s0 in p.equal_sigma0_grid]
+        elif arm == "ams-oracle":
+            pairs = [(s0, k) for s0 in p.oracle_sigma0_grid for k in p.oracle_k_grid]
+        else:
+            pairs = [(s0, k) for s0 in p.sigma0_grid for k in p.k_grid]
+        return [{"sigma0": s0, "k": k} for s0, k in pairs]
 
-    def _trial(self, name: str, unet: Path, arm: str, s0: float, k: float, sets: Sequence[Path],
+    def _trial(self, name: str, unet: Path, arm: str, setting: dict, sets: Sequence[Path],
                prompts: dict[str, Path]) -> dict:
         """One calibration setting; a setting whose σ the package refuses (σ > SIGMA_MAX) is kept as refused."""
+        tag = "-".join(str(v) for v in setting.values())
         try:
-            run = self._eval(f"calibration/{name}-{arm}-{s0}-{k}", unet, arm, self._ams_flags(arm, s0, k), sets)
+            run = self._eval(f"calibration/{name}-{arm}-{tag}", unet, arm, self._flags(arm, setting), sets)
         except AmsmoothError as e:
-            return {"sigma0": s0, "k": k, "refused": str(e)}
-        return {"sigma0": s0, "k": k, **self._calibration_scores(run, prompts)}
+            return {**setting, "refused": str(e)}
+        return {**setting, **self._calibration_scores(run, prompts)}
 
     def _choose(self, arm: str, trials: dict[str, list[dict]], ref: dict[str, float],
-                ams: dict[str, float] | None) -> dict[str, float]:
+                ams: dict | None) -> dict:
         ok = [t for t in trials[arm] if "refused" not in t]
         if not ok:
             raise AmsmoothError(f"every calibration setting of {arm} was refused; widen its grid")
@@ -226,11 +234,15 @@ class Table:
         else:
             within = [t for t in ok if t["accuracy"] >= ref["accuracy"] - self.plan.max_utility_drop] or ok
             best = min(within, key=lambda t: (t["concept_rate"], -t["accuracy"]))
-        return {"sigma0": best["sigma0"], "k": best["k"]}
+        return {k: best[k] for k in self._grid(arm)[0]}
 
     @staticmethod
-    def _ams_flags(arm: str, sigma0: float, k: float) -> list:
-        flags = ["--sigma0", sigma0, "--sigma-unit", "embedding-std", "--k", k, "--concept", CONCEPT]
+    def _flags(arm: str, setting: dict) -> list:
+        """The eval flags of an arm's setting (AMS arms: σ0 in embedding stds, k; safree: its filtering)."""
+        if arm == "safree":
+            return ["--safree-svf", setting["svf"], "--concept", CONCEPT]
+        flags = ["--sigma0", setting["sigma0"], "--sigma-unit", "embedding-std", "--k", setting["k"],
+                 "--concept", CONCEPT]
         return flags + (["--model-aware", "base"] if arm == "ams-oracle" else [])
 
     def _calibration_scores(self, run: Path, prompts: dict[str, Path]) -> dict[str, float]:
@@ -314,8 +326,8 @@ class Table:
                 with self.timed(f"{name}/attack-{a}"):
                     attacks.append(self.attack(a, name, unet, prompts["attack-source"], chosen["ams"]))
             for d in self.plan.defenses:
-                arm = d if d in AMS_ARMS else "ams"
-                flags = self._ams_flags(arm, chosen[arm]["sigma0"], chosen[arm]["k"]) if "ams" in d else []
+                arm = d if d in CALIBRATED else "ams"
+                flags = self._flags(arm, chosen[arm]) if "ams" in d or d == "safree" else []
                 with self.timed(f"{name}/eval-{d}"):
                     results[(name, d)] = self._eval(f"{name}-{d}", unet, d, flags, table_sets + attacks)
         with self.timed("report"):
