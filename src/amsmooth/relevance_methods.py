@@ -318,6 +318,16 @@ def method(name: str) -> Method:
         raise AmsmoothError(f"unknown relevance method {name!r}; known: {', '.join(METHODS)}") from None
 
 
+def word_max(scores: torch.Tensor, batch: TokenizedBatch) -> torch.Tensor:
+    """Every token of a word gets the word's highest score (per concept): ``[B, L, C]`` → ``[B, L, C]``. The noise
+    unit is the word: a synonym split into word pieces ("dis", "##ro", "##bed") is noised as a whole."""
+    out = scores.clone()
+    for b in range(len(batch)):
+        for positions in batch.words(b):
+            out[b, positions] = scores[b, positions].max(0).values
+    return out
+
+
 def combine(raw: RawScores) -> torch.Tensor:
     """Algorithm 1's combination of local and global (if any): ``[B, L, C]``."""
     return raw.local if raw.glob is None else combine_global(raw.local, raw.glob)

@@ -11,7 +11,7 @@ from .config import SmoothingConfig, check_sigma_limit
 from .encoders import TextEncoder, TokenizedBatch
 from .errors import AmsmoothError
 from .relevance import WordCache, noise_schedule
-from .relevance_methods import RawScores, RelevanceContext, combine, method
+from .relevance_methods import RawScores, RelevanceContext, combine, method, word_max
 from .relevance_scale import scale_for
 
 
@@ -85,12 +85,12 @@ class AdaptiveMedianSmoothing:
                                 self.method_state)
 
     def scores(self, batch: TokenizedBatch) -> Relevance:
-        """The configured method's scores per concept (calibrated unless Algorithm 1), combined (Algorithm 1's
-        global rule) and max over concepts; then σ."""
+        """The configured method's scores per concept (unless Algorithm 1: calibrated, and each word's tokens at
+        the word's highest score), combined (Algorithm 1's global rule) and max over concepts; then σ."""
         ctx = self.context()
         raw = self.method.fn(ctx, batch)
         if self.method.calibrated:
-            raw = RawScores(scale_for(self.method, ctx).apply(raw.local))
+            raw = RawScores(word_max(scale_for(self.method, ctx).apply(raw.local), batch))
         local, glob = raw.local, raw.glob
         combined = combine(raw)
         sim = combined.max(-1).values * batch.content_mask
