@@ -95,7 +95,8 @@ def test_smoothing_flags_come_from_the_config_dataclass(monkeypatch):
 
     flags = {f.name: common.smoothing_flag(f) for f in common.smoothing_fields()}
     assert flags == {"sigma0": "--sigma0", "sigma_unit": "--sigma-unit", "k": "--k", "n": "--n",
-                     "use_global": "--global", "noise_special_tokens": "--noise-special-tokens"}
+                     "relevance": "--relevance", "use_global": "--global",
+                     "noise_special_tokens": "--noise-special-tokens"}
     parser = build_parser()
     argv = ["--sigma0", "0.02", "--sigma-unit", "embedding-std", "--k", "4", "--global", "--noise-special-tokens"]
     for command in (["generate", "x", "--model", "tiny", "--out", "o"], ["relevance", "x", "--encoder", "tiny"],
@@ -106,6 +107,8 @@ def test_smoothing_flags_come_from_the_config_dataclass(monkeypatch):
         config = common.smoothing_config(args)
         assert (config.sigma0, config.sigma_unit, config.k, config.n, config.use_global,
                 config.noise_special_tokens) == (0.02, "embedding-std", 4.0, 5, True, True), command
+        assert common.smoothing_config(parser.parse_args([*command, "--relevance", "subspace"])).relevance == \
+            "subspace", command
     # certify keeps --n for its own sample count
     args = parser.parse_args(["certify", "x", "--encoder", "tiny", "--rho", "0.1", "--n", "7", *argv])
     assert args.samples == 7 and common.smoothing_config(args).n == 13

@@ -269,6 +269,17 @@ def check_arguments(rho: float, n: int, alpha: float, chunk: int) -> None:
         raise AmsmoothError(f"chunk must be >= 1, got {chunk}")
 
 
+def check_method(method) -> None:  # noqa: ANN001 - a relevance_methods.Method
+    """Refuse a relevance method whose σ is not constant over the perturbations the bound covers: Theorem 3.2
+    holds for one fixed Σ, and the certificate's δ moves the token embeddings at fixed token ids, so σ may depend
+    on the ids (every shipped method) but not on the embedding values (docs/certify.md)."""
+    if method.sigma_reads != "token ids":
+        raise AmsmoothError(f"relevance {method.name!r} computes σ from {method.sigma_reads}, so σ changes with "
+                            "the perturbation δ itself and Theorem 3.2 (a fixed Σ) does not bound the defended "
+                            "output: no certificate is reported; use a method whose σ reads token ids only "
+                            "(algorithm1, contextual, attribution, subspace)")
+
+
 def certify(ams, prompts: Sequence[str], rho: float, n: int = 1000, alpha: float = 0.001,  # noqa: ANN001
             generator: torch.Generator | None = None, chunk: int = 100,
             progress: Callable[[int], None] | None = None) -> list[PromptCertificate]:
@@ -279,6 +290,7 @@ def certify(ams, prompts: Sequence[str], rho: float, n: int = 1000, alpha: float
     processed one at a time (an ``[n, L·D]`` float32 buffer each); ``progress(k)`` is called per chunk of k.
     """
     check_arguments(rho, n, alpha, chunk)
+    check_method(ams.method)
     batch = ams.encoder.tokenize(list(prompts))
     with torch.no_grad():
         sigma = ams.scores(batch).sigma

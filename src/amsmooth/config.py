@@ -19,6 +19,9 @@ SIGMA_OVERFLOW = 1e37
 
 SIGMA_UNITS = ("absolute", "embedding-std")
 
+# Relevance methods (amsmooth.relevance_methods.METHODS holds their functions; docs/method.md describes them).
+RELEVANCE_METHODS = ("algorithm1", "contextual", "attribution", "subspace")
+
 
 def check_sigma_limit(sigma0: float, k: float, unit: float = 1.0, unit_name: str = "") -> None:
     """Refuse a schedule whose σ at sim = ±1, σ0·unit·exp(|k|), would overflow float32 (SIGMA_OVERFLOW).
@@ -44,6 +47,11 @@ class SmoothingConfig:
                "embeddings, so one setting carries across encoders)", "choices": SIGMA_UNITS})
     k: float = field(default=9.0, metadata={"cli": "scaling factor k: σ_j = σ0·exp(k·sim_j)"})
     n: int = field(default=13, metadata={"cli": "number of noisy encodings (odd: the median is one of them)"})
+    relevance: str = field(default="algorithm1", metadata={
+        "cli": "relevance method: algorithm1 (the paper's Algorithm 1), contextual (each token's masked effect on "
+               "the prompt's encoding, on Δ), attribution (gradient × input of the concept score), subspace "
+               "(projection on the concept words' subspace); all but algorithm1 are on a calibrated scale "
+               "(docs/method.md)", "choices": RELEVANCE_METHODS})
     use_global: bool = field(default=False, metadata={"cli": "add global (whole-prompt) relevance (Algorithm 1's "
                                                              "flag)", "flag": "global"})
     noise_special_tokens: bool = field(default=False, metadata={
@@ -57,6 +65,11 @@ class SmoothingConfig:
             raise AmsmoothError(f"sigma0 must be a finite number >= 0, got {self.sigma0}")
         if self.sigma_unit not in SIGMA_UNITS:
             raise AmsmoothError(f"sigma_unit must be one of {', '.join(SIGMA_UNITS)}, got {self.sigma_unit!r}")
+        if self.relevance not in RELEVANCE_METHODS:
+            raise AmsmoothError(f"relevance must be one of {', '.join(RELEVANCE_METHODS)}, got {self.relevance!r}")
+        if self.use_global and self.relevance != "algorithm1":
+            raise AmsmoothError(f"--global is Algorithm 1's flag; relevance {self.relevance!r} already scores each "
+                                "token in its prompt (drop --global or use --relevance algorithm1)")
         if not math.isfinite(self.k):
             raise AmsmoothError(f"k must be a finite number, got {self.k}")
         if self.sigma_unit == "absolute":   # in embedding-std units the encoder's std is needed: check_sigma_limit

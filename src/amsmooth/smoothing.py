@@ -10,7 +10,9 @@ from .concepts import Concept
 from .config import SmoothingConfig, check_sigma_limit
 from .encoders import TextEncoder, TokenizedBatch
 from .errors import AmsmoothError
-from .relevance import WordCache, combine_global, concept_cosine, differential_embeddings, noise_schedule, removals
+from .relevance import WordCache, noise_schedule
+from .relevance_methods import RawScores, RelevanceContext, combine, method, word_max
+from .relevance_scale import scale_for
 
 
 @dataclass
@@ -69,67 +71,28 @@ class AdaptiveMedianSmoothing:
             c.check_encoder(encoder)
         self.directions = torch.stack([c.direction.float() for c in self.concepts]).to(encoder.device)
         self.cache = WordCache(self.config.cache_size)
+        self.method = method(self.config.relevance)
+        self.method_state: dict = {}
         unit = encoder.embedding_std() if self.config.sigma_unit == "embedding-std" else 1.0
         check_sigma_limit(self.config.sigma0, self.config.k, unit,
                           "embedding std" if self.config.sigma_unit == "embedding-std" else "")
         self.sigma0 = self.config.sigma0 * unit   # σ0 in the embedding's own units
 
-    # ------------------------------------------------------------------ Algorithm 1
-    def _requests(self, batch: TokenizedBatch) -> tuple[dict[tuple, list[tuple]], dict[tuple, torch.Tensor],
-                                                        list[tuple]]:
-        """Uncached words (key → its removal sequences), the cached words' values (held here, so caching this
-        batch's new words cannot evict them mid-batch) and every distinct sequence the batch needs encoded."""
-        words: dict[tuple, list[tuple]] = {}
-        known: dict[tuple, torch.Tensor] = {}
-        for b in range(len(batch)):
-            for pos in batch.words(b):
-                key = tuple(batch.input_ids[b, pos].tolist())
-                if key in words or key in known:
-                    continue
-                cached = self.cache.get(key)
-                if cached is None:
-                    words[key] = removals(key)
-                else:
-                    known[key] = cached
-        seqs = [s for rs in words.values() for s in rs]
-        if self.config.use_global:
-            seqs += [s for ids in batch.content_ids for s in removals(ids)]
-        return words, known, list(dict.fromkeys(seqs))
-
-    def _encode_sequences(self, seqs: list[tuple]) -> dict[tuple, torch.Tensor]:
-        """All requested sequences in one batched encoder call (chunked only past max_batch)."""
-        if not seqs:
-            return {}
-        ids, mask = self.encoder.build_ids(seqs)
-        emb = self.encoder.encode_chunked(ids, mask, self.config.max_batch)
-        return {s: emb[i] for i, s in enumerate(seqs)}
-
-    def _sims(self, emb: dict[tuple, torch.Tensor], ids: tuple) -> torch.Tensor:
-        """cos(DiffEmbed(ids, j), Δ_c) for every token j of ``ids`` and concept c: ``[len(ids), C]``."""
-        rs = removals(ids)
-        without = torch.stack([emb[r] for r in rs[1:]])
-        return concept_cosine(differential_embeddings(emb[rs[0]], without), self.directions).cpu()
+    # ------------------------------------------------------------------ relevance
+    def context(self) -> RelevanceContext:
+        """What the relevance method reads (the cache as it is now: the server swaps in a shared one)."""
+        return RelevanceContext(self.encoder, self.concepts, self.directions, self.config, self.cache,
+                                self.method_state)
 
     def scores(self, batch: TokenizedBatch) -> Relevance:
-        """Local (per-word, cached), optional global, combined and max over concepts; then σ."""
-        words, known, seqs = self._requests(batch)
-        emb = self._encode_sequences(seqs)
-        fresh = {key: self._sims(emb, key) for key in words}
-        for key, value in fresh.items():
-            self.cache.put(key, value)
-        known.update(fresh)
-        B, L, C = len(batch), self.encoder.max_length, len(self.concepts)
-        local = torch.zeros(B, L, C)
-        glob = torch.zeros(B, L, C) if self.config.use_global else None
-        for b in range(B):
-            for pos in batch.words(b):
-                key = tuple(batch.input_ids[b, pos].tolist())
-                local[b, pos] = known[key]
-            if glob is not None and batch.content_ids[b]:
-                start = int(batch.content_mask[b].nonzero()[0])
-                n_tok = len(batch.content_ids[b])
-                glob[b, start:start + n_tok] = self._sims(emb, tuple(batch.content_ids[b]))
-        combined = local if glob is None else combine_global(local, glob)
+        """The configured method's scores per concept (unless Algorithm 1: calibrated, and each word's tokens at
+        the word's highest score), combined (Algorithm 1's global rule) and max over concepts; then σ."""
+        ctx = self.context()
+        raw = self.method.fn(ctx, batch)
+        if self.method.calibrated:
+            raw = RawScores(word_max(scale_for(self.method, ctx).apply(raw.local), batch))
+        local, glob = raw.local, raw.glob
+        combined = combine(raw)
         sim = combined.max(-1).values * batch.content_mask
         sigma = noise_schedule(sim, self.sigma0, self.config.k, batch.content_mask,
                                self.config.noise_special_tokens)

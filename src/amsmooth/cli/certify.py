@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"certificate for ||δ||_Σ < ρ' = {args.rho} with probability ≥ 1 − {args.alpha} per prompt "
           f"(n = {args.samples}, seed {args.seed}); concepts: {', '.join(config.concepts)}, σ0 = {config.sigma0}, "
-          f"k = {config.k}, global = {config.use_global}")
+          f"k = {config.k}, global = {config.use_global}, relevance = {config.relevance}")
     print(f"typical distance between two token embeddings of this encoder: {typical:.4f}; 'nearest' = distance "
           f"from the token to its nearest other token")
     print("\n\n".join(format_table(c) for c in certs))

@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(r, ensure_ascii=False))
         return 0
     unit = "" if config.sigma_unit == "absolute" else f" ({config.sigma0} embedding std)"
+    method = "" if config.relevance == "algorithm1" else f" relevance={config.relevance} (calibrated scale)"
     print(f"concepts: {', '.join(config.concepts)}   σ0={ams.sigma0:.4g}{unit} k={config.k} global={config.use_global}"
+          f"{method}"
           f"   ▲ = σ ≥ 2σ0 (sim ≥ {math.log(2) / config.k:.3f})" if config.k else "")
     color = sys.stdout.isatty()
     print("\n\n".join(format_table(r, ams.sigma0, color) for r in results))

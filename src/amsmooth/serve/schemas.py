@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..config import RELEVANCE_METHODS
 from ..limits import GUIDANCE, SMOOTHING_N, STEPS
 
 MAX_PROMPT_CHARS = 1000
@@ -32,6 +33,8 @@ class SmoothingRequest(_Body):
     sigma0: float | None = Field(None, ge=0.0, le=1.0, description="base noise σ0")
     k: float | None = Field(None, ge=-50.0, le=50.0, description="scaling factor: σ_j = σ0·exp(k·sim_j)")
     use_global: bool | None = Field(None, alias="global", description="add global relevance (Algorithm 1)")
+    relevance: Literal[RELEVANCE_METHODS] | None = Field(  # type: ignore[valid-type]
+        None, description=f"relevance method: {', '.join(RELEVANCE_METHODS)}")
     concepts: list[str] | None = Field(None, min_length=1, max_length=MAX_CONCEPTS,
                                        description="concept names (relevance = max over them)")
 
@@ -44,7 +47,7 @@ class SmoothingRequest(_Body):
 
     def overrides(self) -> dict:
         """The SmoothingConfig fields this request sets (the rest come from the server's settings)."""
-        fields = {"sigma0": self.sigma0, "k": self.k, "use_global": self.use_global,
+        fields = {"sigma0": self.sigma0, "k": self.k, "use_global": self.use_global, "relevance": self.relevance,
                   "concepts": tuple(self.concepts) if self.concepts is not None else None}
         return {name: value for name, value in fields.items() if value is not None}
 

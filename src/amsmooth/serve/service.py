@@ -94,6 +94,7 @@ class DemoService:
         self.config = config.replace(concepts=tuple(names))
         self.concept_names = list(dict.fromkeys([*names, *BUILTIN]))   # fixed: read from the event loop too
         self._caches: dict[tuple[str, ...], WordCache] = {}
+        self._states: dict[tuple, dict] = {}    # per (concepts, method): prepared data and calibrated scale
         self._typical: float | None = None
         self.progress = Progress()
 
@@ -114,10 +115,12 @@ class DemoService:
                 "concepts": self.concept_names, "steps": self.steps, "guidance": self.guidance}
 
     def smoothing(self, config: SmoothingConfig) -> AdaptiveMedianSmoothing:
-        """AdaptiveMedianSmoothing for ``config``; the per-word relevance cache is kept per concept set."""
+        """AdaptiveMedianSmoothing for ``config``; the per-word relevance cache is kept per concept set (each
+        method keys its own entries), the method's prepared state per concept set and method."""
         concepts = [self.concept(name) for name in config.concepts]
         ams = AdaptiveMedianSmoothing(self.encoder, concepts, config)
         ams.cache = self._caches.setdefault(config.concepts, ams.cache)
+        ams.method_state = self._states.setdefault((config.concepts, config.relevance), ams.method_state)
         return ams
 
     def concept(self, name: str) -> Concept:
