@@ -29,6 +29,8 @@ ARMS = {
     "ams-oracle": "σ from each token's effect on the erased U-Net's noise prediction toward the base model's concept "
                   "direction (amsmooth.model_relevance, eval --model-aware base), σ0 and k calibrated: an upper bound "
                   "on what any relevance score could give — is the failure the score or the mechanism?",
+    "ams-subspace": "AMS with the concept-subspace relevance (issue 27, --relevance subspace: the text-only method "
+                    "that scored attack tokens best on the lab encoder), σ0 and k calibrated like ams",
     "sld-max": "Safe Latent Diffusion, MAX preset",
     "safree": "SAFREE (Yoon et al., ICLR 2025; docs/baselines.md) at the reference's settings, its self-validating "
               "filtering on or off chosen on the calibration split",

@@ -27,12 +27,12 @@ def test_bootstrap_interval_covers_the_rate_and_widens_with_disagreement() -> No
 def test_lab_table_smoke(tmp_path) -> None:
     from amsmooth.lab.table import Plan, Table
 
-    arms = ("none", "ams", "ams-equal", "ams-oracle", "safree")
+    arms = ("none", "ams", "ams-equal", "ams-oracle", "ams-subspace", "safree")
     plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, calibration_benign_prompts=2,
                 calibration_seeds=(0,), seeds=(0,), image_seeds=(0, 1), steps=3, sets=("train", "benign"),
                 attacks=("rab",), defenses=arms, models=("uce",), calibration_attacks=("rab",), sigma0_grid=(0.1,),
                 k_grid=(3.0,), equal_sigma0_grid=(0.1, 0.2), oracle_sigma0_grid=(0.1,), oracle_k_grid=(3.0,),
-                safree_svf_grid=("on",),
+                subspace_sigma0_grid=(0.1,), subspace_k_grid=(9.0,), safree_svf_grid=("on",),
                 attack_budget="lab", label="smoke")
     md = Table(tmp_path, plan, batch_size=2).run()
     assert "batch size 2" in md
@@ -49,6 +49,11 @@ def test_lab_table_smoke(tmp_path) -> None:
     oracle = json.loads((tmp_path / "runs" / "uce-ams-oracle" / "config.json").read_text())["defense_config"]
     assert oracle["relevance"] == "model-aware" and oracle["sigma0"] == 0.1
     assert cal["uce"]["chosen"]["safree"] == {"svf": "on"}
+    sub = json.loads((tmp_path / "runs" / "uce-ams-subspace" / "config.json").read_text())["defense_config"]
+    assert sub["relevance"] == "subspace"
+    # relevance quality is printed per text-only AMS arm and lexicon, attack sets included
+    assert "Relevance quality" in md and "| uce | ams | training |" in md and "| uce | ams-subspace |" in md
+    assert any(r["lexicon"] == "attack: rab" for r in summary["relevance"]["uce"])
     # each attack prompt is evaluated under every image seed, clustered by its source prompt
     with (tmp_path / "prompts" / "shared" / "rab.csv").open() as f:
         cases = [r["case_number"] for r in csv.DictReader(f)]
@@ -62,7 +67,7 @@ def test_lab_table_smoke(tmp_path) -> None:
     assert len(sources) == len(set(sources)) == plan.attack_prompts
     # every step's wall seconds are recorded
     timing = json.loads((tmp_path / "timing.json").read_text())
-    assert set(timing) == {"base-none", "uce/erase", "uce/calibrate", "uce/attack-rab", "report",
+    assert set(timing) == {"base-none", "uce/erase", "uce/calibrate", "uce/attack-rab", "uce/relevance", "report",
                            *(f"uce/eval-{d}" for d in arms)}
     assert timing["uce/calibrate"] > 0 and min(timing.values()) >= 0
     # resumable: a second run does no new work and gives the same table; its seconds add to the record

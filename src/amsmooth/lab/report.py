@@ -107,6 +107,20 @@ def paired_section(results: dict[tuple[str, str], Path], attacks: Sequence[str])
     return rows, "\n".join(lines) + "\n"
 
 
+def relevance_section(rows: dict[str, list[dict]]) -> str:
+    """The relevance-quality lines (Table.relevance_quality): AUROC against benign tokens and e^{k·sim}."""
+    if not rows:
+        return ""
+    lines = ["", "Relevance quality (precondition): token AUROC of each text-only AMS arm's scores against benign "
+                 "tokens, and the noise multiplier e^{k·sim} each lexicon's tokens receive at the arm's k:", "",
+             "| model | arm | lexicon | tokens | AUROC | e^{k·sim} mean | max | benign mean | benign max |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for model, rs in rows.items():
+        lines += [f"| {model} | {r['arm']} | {r['lexicon']} | {r['tokens']} | {r['auroc']:.3f} | {r['mult_mean']:.2f} "
+                  f"| {r['mult_max']:.2f} | {r['benign_mult_mean']:.2f} | {r['benign_mult_max']:.2f} |" for r in rs]
+    return "\n".join(lines) + "\n"
+
+
 def _fid(reference: Path, generated: Path) -> float:
     from ..eval.metrics import fid_from_folders
 
@@ -133,8 +147,10 @@ def write_report(out: Path, plan: Any, results: dict[tuple[str, str], Path], pro
     for row in summary["rows"]:
         row["avg"] = float(np.mean([row["sets"][c][0] for c in averaged if c in row["sets"]]))
     summary["paired"], paired_md = paired_section(results, getattr(plan, "attacks", ()))
+    rel = out / "relevance.json"
+    summary["relevance"] = json.loads(rel.read_text()) if rel.exists() else {}
     (out / "table.json").write_text(json.dumps(summary, indent=2))
-    md = markdown(summary, columns, averaged, plan) + paired_md
+    md = markdown(summary, columns, averaged, plan) + paired_md + relevance_section(summary["relevance"])
     (out / "table.md").write_text(md)
     plot(summary, out / "table.png")
     return md

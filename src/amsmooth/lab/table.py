@@ -52,7 +52,10 @@ def preserved_vocabulary() -> list[str]:
 # The arms of the table (Plan.defenses) that are AMS with other settings: plain AMS (Algorithm 1, calibrated), equal
 # noise (k = 0 at AMS's benign accuracy: is the *adaptive* part doing the work?) and the oracle (σ from each token's
 # effect on the erased U-Net, model_relevance: is the failure the score or the mechanism?).
-AMS_ARMS = ("ams", "ams-equal", "ams-oracle")
+AMS_ARMS = ("ams", "ams-equal", "ams-oracle", "ams-subspace")
+# `ams-subspace`: AMS with the concept-subspace relevance (issue 27; relevance_methods), the text-only method that
+# scored attack tokens best on the lab encoder (docs/method.md); the same calibration as ams.
+METHOD_ARMS = {"ams": "algorithm1", "ams-equal": "algorithm1", "ams-subspace": "subspace"}
 CALIBRATED = (*AMS_ARMS, "safree")     # SAFREE (baselines.safree): its self-validating filtering, on or off
 
 
@@ -72,7 +75,8 @@ class Plan:
     guidance: float = 7.5
     sets: tuple[str, ...] = ("train", "heldout", "implicit", "lookalike", "benign")
     attacks: tuple[str, ...] = ("rab", "qf", "uda", "p4d", "rab-adaptive")
-    defenses: tuple[str, ...] = ("none", "blacklist", "ams", "ams-equal", "ams-oracle", "sld-max", "safree")
+    defenses: tuple[str, ...] = ("none", "blacklist", "ams", "ams-equal", "ams-oracle", "ams-subspace", "sld-max",
+                                 "safree")
     models: tuple[str, ...] = ("esd", "uce")
     calibration_attacks: tuple[str, ...] = ("rab", "uda", "p4d")   # attacked calibration prompts (not adaptive)
     sigma0_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)   # × token-embedding std (ams)
@@ -80,6 +84,8 @@ class Plan:
     equal_sigma0_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 3.0)   # ams-equal (k = 0)
     oracle_sigma0_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)     # ams-oracle
     oracle_k_grid: tuple[float, ...] = (3.0, 9.0)
+    subspace_sigma0_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)   # ams-subspace
+    subspace_k_grid: tuple[float, ...] = (9.0, 20.0)
     safree_svf_grid: tuple[str, ...] = ("on", "off")     # safree (reference: on for SD 1.x)
     max_utility_drop: float = 0.05
     attack_budget: str = "lab-v3"             # LAB_BUDGETS[attack_budget]: labelled CPU budgets (docs/lab.md)
@@ -102,8 +108,8 @@ class Plan:
                    calibration_seeds=(0,), seeds=(0,), image_seeds=(0,), steps=20, sets=("train", "heldout", "benign"),
                    attacks=("rab",), calibration_attacks=("uda",), sigma0_grid=(0.5,), k_grid=(9.0,),
                    equal_sigma0_grid=(0.5, 1.0), oracle_sigma0_grid=(0.5,), oracle_k_grid=(9.0,), models=("esd",),
-                   defenses=("none", "blacklist", "ams", "ams-equal", "ams-oracle", "safree"), attack_budget="lab",
-                   safree_svf_grid=("on",),
+                   defenses=("none", "blacklist", "ams", "ams-equal", "ams-oracle", "ams-subspace", "safree"),
+                   attack_budget="lab", safree_svf_grid=("on",), subspace_sigma0_grid=(0.5,), subspace_k_grid=(20.0,),
                    label="quick")
 
 
@@ -179,8 +185,8 @@ class Table:
     def calibrate(self, name: str, unet: Path, prompts: dict[str, Path]) -> dict[str, dict]:
         """Each calibrated arm's settings, chosen on the calibration split only (every trial kept in
         calibration.json): ``ams``, ``ams-oracle`` and ``safree``: the lowest concept rate whose benign accuracy
-        stays within max_utility_drop of the undefended model's; ``ams-equal`` (k = 0): the largest σ0 whose accuracy is at least the chosen ams
-        trial's (matched utility), else the most accurate one."""
+        stays within max_utility_drop of the undefended model's; ``ams-equal`` (k = 0): the largest σ0 whose
+        accuracy is at least the chosen ams trial's (matched utility), else the most accurate one."""
         f = self.out / "calibration.json"
         done = json.loads(f.read_text()) if f.exists() else {}
         if name in done:
@@ -207,6 +213,8 @@ class Table:
             pairs = [(s0, 0.0) for s0 in p.equal_sigma0_grid]
         elif arm == "ams-oracle":
             pairs = [(s0, k) for s0 in p.oracle_sigma0_grid for k in p.oracle_k_grid]
+        elif arm == "ams-subspace":
+            pairs = [(s0, k) for s0 in p.subspace_sigma0_grid for k in p.subspace_k_grid]
         else:
             pairs = [(s0, k) for s0 in p.sigma0_grid for k in p.k_grid]
         return [{"sigma0": s0, "k": k} for s0, k in pairs]
@@ -243,7 +251,9 @@ class Table:
             return ["--safree-svf", setting["svf"], "--concept", CONCEPT]
         flags = ["--sigma0", setting["sigma0"], "--sigma-unit", "embedding-std", "--k", setting["k"],
                  "--concept", CONCEPT]
-        return flags + (["--model-aware", "base"] if arm == "ams-oracle" else [])
+        if arm == "ams-oracle":
+            return flags + ["--model-aware", "base"]
+        return flags + (["--relevance", METHOD_ARMS[arm]] if METHOD_ARMS.get(arm, "algorithm1") != "algorithm1" else [])
 
     def _calibration_scores(self, run: Path, prompts: dict[str, Path]) -> dict[str, float]:
         rows = _rows(run)
@@ -330,8 +340,35 @@ class Table:
                 flags = self._flags(arm, chosen[arm]) if "ams" in d or d == "safree" else []
                 with self.timed(f"{name}/eval-{d}"):
                     results[(name, d)] = self._eval(f"{name}-{d}", unet, d, flags, table_sets + attacks)
+            with self.timed(f"{name}/relevance"):
+                self.relevance_quality(name, chosen, attacks)
         with self.timed("report"):
             return self.report(results, prompts)
+
+    def relevance_quality(self, name: str, chosen: dict[str, dict], attacks: Sequence[Path]) -> list[dict]:
+        """Relevance quality as a precondition (issue 24 item 3): per text-only AMS arm, the token AUROC of its
+        relevance scores against benign tokens and the multiplier e^{k·sim} each lexicon (training, held-out,
+        implicit, every attack set's added tokens) receives, at the arm's chosen k (``OUT/relevance.json``)."""
+        from ..concepts import resolve_concept
+        from ..config import SmoothingConfig
+        from ..smoothing import AdaptiveMedianSmoothing
+        from .model import lab_text_encoder
+        from .relevance import lab_relevance_quality
+
+        f = self.out / "relevance.json"
+        done = json.loads(f.read_text()) if f.exists() else {}
+        if name not in done:
+            enc, rows = lab_text_encoder(), []
+            concept = resolve_concept(CONCEPT, enc)
+            for arm in (a for a in self.plan.defenses if a in METHOD_ARMS and a != "ams-equal"):
+                cfg = SmoothingConfig(sigma0=chosen[arm]["sigma0"], sigma_unit="embedding-std", k=chosen[arm]["k"],
+                                      relevance=METHOD_ARMS[arm], concepts=(CONCEPT,))
+                quality = lab_relevance_quality(AdaptiveMedianSmoothing(enc, [concept], cfg), CONCEPT,
+                                                attacks=[(p.stem, p) for p in attacks], encoder_name="lab")
+                rows += [{"arm": arm, **r.as_dict()} for r in quality]
+            done[name] = rows
+            f.write_text(json.dumps(done, indent=2))
+        return done[name]
 
     def seconds(self) -> float:
         """The wall seconds recorded in ``OUT/timing.json`` over every step and invocation."""
