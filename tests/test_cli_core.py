@@ -163,3 +163,29 @@ def test_disk_full_while_writing_a_concept_is_one_line_and_leaves_nothing(tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"amsmooth: error: cannot write {out}: No space left on device") and "\n" not in err
     assert list(tmp_path.iterdir()) == []                # no temp file, no partial concept
+
+
+def test_help_and_a_bad_command_answer_without_importing_torch() -> None:
+    """Issue 28: `amsmooth --help` and a top-level argument error import no command, so no torch, diffusers or
+    transformers (the speed itself is measured by benchmarks/cli_startup.py, not here)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom amsmooth.cli.main import main\n"
+             "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules), code)")
+    for argv, code in ((["--help"], 0), (["no-such-command"], 2), ([], 2)):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip().splitlines()[-1] == f"HEAVY [] {code}", (argv, done.stdout, done.stderr)
+        if code == 2:
+            assert done.stderr.startswith("amsmooth: error: ") and len(done.stderr.splitlines()) == 1
+
+
+def test_the_help_table_matches_each_commands_own_parser() -> None:
+    """`amsmooth --help` lists COMMANDS without importing them; each command's parser gives the same help line."""
+    import argparse
+
+    from amsmooth.cli.main import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {a.dest: a.help for a in sub._choices_actions} == COMMANDS

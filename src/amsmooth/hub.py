@@ -40,11 +40,17 @@ def _repo(source: str) -> str:
     return "/".join(source.split("/")[:2])
 
 
-def quiet_libraries() -> None:
-    """Keep transformers/diffusers chatter out of the CLI's output."""
+def quiet_environment() -> None:
+    """What quiets transformers/diffusers before they are imported, without importing them (the CLI's start)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     for name in ("transformers", "diffusers"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/diffusers chatter out of the CLI's output (imports both)."""
+    quiet_environment()
     try:
         from transformers.utils import logging as tlog
 
