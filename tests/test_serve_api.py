@@ -40,7 +40,7 @@ def service(single_thread, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TestClient(create_app(service, queue_size=2, max_body=2048)) as c:
+    with TestClient(create_app(service, queue_size=2, max_body=2048), base_url="http://127.0.0.1:7860") as c:
         yield c
 
 
@@ -255,3 +255,135 @@ def test_body_over_the_limit_is_413(client):
     r = client.post("/generate", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413
     assert client.post("/relevance", json={"prompt": "a"}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- issue 28
+
+def test_a_foreign_host_is_refused_and_loopback_names_are_answered(client, service):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example; it gets 400."""
+    for host in ("evil.example", "evil.example:7860", "127.0.0.1.evil.example", "localhost.evil.example:7860"):
+        r = client.get("/info", headers={"Host": host})
+        assert r.status_code == 400 and set(r.json()) == {"error"}, host
+        assert "--allow-host" in r.json()["error"]
+    r = client.post("/generate", json={"prompt": PROMPT}, headers={"Host": "evil.example"})
+    assert r.status_code == 400 and client.get("/status").json()["pending"] == 0
+    for host in ("localhost", "localhost:7860", "LOCALHOST:80", "127.0.0.1", "127.0.0.1:7860", "[::1]",
+                 "[::1]:7860"):
+        assert client.get("/info", headers={"Host": host}).status_code == 200, host
+    with TestClient(create_app(service, allowed_hosts=("demo.lan",)), base_url="http://demo.lan:8080") as other:
+        assert other.get("/info").status_code == 200
+        assert other.get("/info", headers={"Host": "other.lan"}).status_code == 400
+    with TestClient(create_app(service, allowed_hosts=("*",)), base_url="http://anything.example") as anyone:
+        assert anyone.get("/info").status_code == 200
+
+
+def test_every_error_is_the_one_json_shape(client, service, monkeypatch):
+    """404, 405, 422, 413, 400 (Host), 500: never plain text, never {"detail": …}."""
+    bad = [client.get("/nope"), client.get("/static/nope.js"), client.get("/generate"), client.delete("/info"),
+           client.get("/docs"), client.get("/redoc"), client.post("/relevance", json={"prompt": 3}),
+           client.post("/relevance", json={"prompt": "a", "concepts": ["x" * 50] * 100}),
+           client.get("/info", headers={"Host": "evil.example"})]
+    assert [r.status_code for r in bad] == [404, 404, 405, 405, 404, 404, 422, 413, 400]
+    for r in bad:
+        assert r.headers["content-type"] == "application/json" and set(r.json()) == {"error"}, r.text
+        assert "\n" not in r.json()["error"]
+    assert client.get("/openapi.json").status_code == 200              # the schema stays; /docs is gone
+    monkeypatch.setattr(service, "config_for", lambda *_: 1 / 0)       # a crash outside the worker
+    crashing = TestClient(client.app, raise_server_exceptions=False, base_url="http://127.0.0.1")
+    r = crashing.post("/relevance", json={"prompt": "a"})
+    assert r.status_code == 500 and r.json() == {"error": "internal error: ZeroDivisionError: division by zero"}
+
+
+@pytest.fixture(scope="module")
+def live(service):
+    """The app behind real uvicorn on 127.0.0.1 with short limits (1 s head/body/keep-alive, 3 connections)."""
+    import socket
+    import time
+
+    import uvicorn
+
+    from amsmooth.serve.protocol import ConnectionLimits, uvicorn_options
+
+    limits = ConnectionLimits(head_timeout=1, body_timeout=1, keep_alive=1, max_connections=3)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="critical", **uvicorn_options(limits)))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+def talk(port: int, *parts: bytes, gap: float = 0.0, limit: float = 8.0) -> tuple[bytes, float]:
+    """Send ``parts`` (``gap`` s apart) on a fresh connection and read until the server closes it: what came back
+    and the seconds from connecting to the close (``limit`` at most: the test fails rather than hangs)."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as s:
+        start, got = time.monotonic(), b""
+        try:
+            for part in parts:
+                s.sendall(part)
+                time.sleep(gap)
+        except OSError:                      # closed by the server while we were still sending
+            pass
+        while time.monotonic() - start < limit:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got, time.monotonic() - start
+
+
+def error_of(answer: bytes) -> tuple[int, dict]:
+    import json
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), answer
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_slow_and_idle_clients_are_dropped_within_seconds(live):
+    """Issue 28: partial headers and slow bodies held connections indefinitely. Limits here: 1 s."""
+    got, seconds = talk(live)                                       # connects, sends nothing
+    assert got == b"" and seconds < 4
+    got, seconds = talk(live, b"POST /relevance HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert error_of(got)[0] == 408 and "head" in error_of(got)[1]["error"] and seconds < 4
+    drip = [bytes([c]) for c in b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100]
+    got, seconds = talk(live, *drip, gap=0.1)                       # a byte every 0.1 s: the clock runs on
+    assert error_of(got)[0] == 408 and seconds < 4
+    head = (b"POST /relevance HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50\r\n\r\n")
+    got, seconds = talk(live, head, b'{"prompt": ')                 # 11 of 50 bytes
+    assert error_of(got)[0] == 408 and "body" in error_of(got)[1]["error"] and seconds < 4
+    got, seconds = talk(live, b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")   # answered, then idle
+    assert got.startswith(b"HTTP/1.1 200") and seconds < 4
+
+
+def test_connections_past_the_limit_get_503_and_malformed_http_400(live):
+    import socket
+
+    held = [socket.create_connection(("127.0.0.1", live), timeout=5) for _ in range(3)]
+    try:
+        got, _ = talk(live)
+        assert error_of(got)[0] == 503 and "too many open connections" in error_of(got)[1]["error"]
+    finally:
+        for s in held:
+            s.close()
+    got, _ = talk(live, b"NOT HTTP AT ALL\r\n\r\n")
+    assert error_of(got)[0] == 400 and set(error_of(got)[1]) == {"error"}
+    got, _ = talk(live, b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000, b"\r\n\r\n", gap=0.2)
+    assert error_of(got)[0] == 400                                  # a head over 16 KiB
+    got, _ = talk(live, b"GET /info HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+    assert error_of(got)[0] == 400 and "evil.example" in error_of(got)[1]["error"]
+    got, _ = talk(live, b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200")                          # and the server still serves

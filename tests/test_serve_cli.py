@@ -48,7 +48,11 @@ def test_unavailable_model_fails_at_start(monkeypatch, capsys):
 
 @pytest.mark.parametrize("flags, match", [(["--port", "0"], "--port"), (["--port", "70000"], "--port"),
                                           (["--steps", "0"], "--steps"), (["--queue-size", "-1"], "--queue-size"),
-                                          (["--max-body", "10"], "--max-body"), (["--sigma0", "-1"], "sigma0")])
+                                          (["--max-body", "10"], "--max-body"), (["--sigma0", "-1"], "sigma0"),
+                                          (["--head-timeout", "0"], "--head-timeout"),
+                                          (["--body-timeout", "-1"], "--body-timeout"),
+                                          (["--keep-alive", "1e9"], "--keep-alive"),
+                                          (["--max-connections", "0"], "--max-connections")])
 def test_bad_flags_fail_before_loading(monkeypatch, capsys, flags, match):
     pytest.importorskip("fastapi")
     import amsmooth.loading
@@ -118,3 +122,23 @@ def test_queue_passes_exceptions_to_the_caller():
         queue.submit(lambda: 1 / 0).result(timeout=10)
     assert queue.submit(lambda: "next").result(timeout=10) == "next"
     queue.shutdown()
+
+
+def test_serve_runs_uvicorn_with_the_connection_limits_and_the_host_check(monkeypatch, capsys, single_thread):
+    """Issue 28: the head/body deadlines and the connection cap reach uvicorn; the Host check knows --host and
+    --allow-host; binding elsewhere warns and names --allow-host."""
+    pytest.importorskip("fastapi")
+    from amsmooth.serve.protocol import GuardedH11Protocol
+
+    monkeypatch.setattr("amsmooth.cli.serve.check_port_free", lambda *a: None)
+    started = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append((app, kw)))
+    assert main(["serve", "--model", "tiny", "--host", "192.0.2.7", "--allow-host", "demo.lan",
+                 "--head-timeout", "2", "--body-timeout", "3", "--max-connections", "7", "--keep-alive", "4"]) == 0
+    app, kw = started[0]
+    limits = kw["http"].limits
+    assert issubclass(kw["http"], GuardedH11Protocol) and kw["timeout_keep_alive"] == 4
+    assert (limits.head_timeout, limits.body_timeout, limits.max_connections) == (2, 3, 7)
+    assert app.state.hosts == ("localhost", "127.0.0.1", "::1", "192.0.2.7", "demo.lan")
+    err = capsys.readouterr().err
+    assert "warning: binding 192.0.2.7" in err and "--allow-host" in err

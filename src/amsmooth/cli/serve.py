@@ -28,6 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="requests that may wait behind the running one; more get 503 at once (default 4)")
     p.add_argument("--max-body", type=int, default=16 * 1024,
                    help="largest request body in bytes; larger ones get 413 (default 16384)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="answer requests whose Host header is NAME too (repeatable; '*' for any); without it only "
+                        "localhost, 127.0.0.1, [::1] and the --host address are answered (against DNS rebinding)")
+    p.add_argument("--head-timeout", type=float, default=5.0, metavar="S",
+                   help="seconds a client may take to send a request's headers (default 5)")
+    p.add_argument("--body-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a client may take to send a request's body (default 10)")
+    p.add_argument("--keep-alive", type=float, default=5.0, metavar="S",
+                   help="seconds an idle connection stays open after a response (default 5)")
+    p.add_argument("--max-connections", type=int, default=32, metavar="N",
+                   help="open connections at once; one more is answered 503 and closed (default 32)")
     p.set_defaults(func=run)
 
 
@@ -51,6 +62,21 @@ def validate(args: argparse.Namespace) -> None:
         raise AmsmoothError(f"--queue-size must be >= 0, got {args.queue_size}")
     if args.max_body < 256:
         raise AmsmoothError(f"--max-body must be >= 256 bytes, got {args.max_body}")
+    for problem in connection_limits(args).problems():
+        raise AmsmoothError(problem)
+
+
+def connection_limits(args: argparse.Namespace):  # noqa: ANN201 - serve.protocol.ConnectionLimits
+    from ..serve.protocol import ConnectionLimits
+
+    return ConnectionLimits(head_timeout=args.head_timeout, body_timeout=args.body_timeout,
+                            keep_alive=args.keep_alive, max_connections=args.max_connections)
+
+
+def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """--allow-host, plus the --host address itself unless it is a wildcard (0.0.0.0, ::)."""
+    bound = () if args.host in ("0.0.0.0", "::", "") else (args.host,)
+    return (*bound, *args.allow_host)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -91,7 +117,7 @@ def build_app(args: argparse.Namespace):  # noqa: ANN201 - a FastAPI app
         raise AmsmoothError(f"cannot start the server: {e}{hint}") from None
     service = DemoService(pipe, config, model=args.model, unet=args.unet, steps=args.steps,
                           guidance=args.guidance)
-    return create_app(service, queue_size=args.queue_size, max_body=args.max_body)
+    return create_app(service, queue_size=args.queue_size, max_body=args.max_body, allowed_hosts=allowed_hosts(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,11 +126,14 @@ def run(args: argparse.Namespace) -> int:
     check_port_free(args.host, args.port)
     import uvicorn
 
+    from ..serve.protocol import uvicorn_options
+
     app = build_app(args)
     if not is_loopback(args.host):
         print(f"amsmooth: warning: binding {args.host}: anyone who can reach it can use the model (no "
-              "authentication)", file=sys.stderr)
+              f"authentication); it answers only requests addressed to {', '.join(app.state.hosts)} (add the "
+              "name clients use with --allow-host NAME)", file=sys.stderr)
     print(f"amsmooth serve: model {args.model}, concepts {', '.join(app.state.service.config.concepts)}: "
           f"http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **uvicorn_options(connection_limits(args)))
     return 0

@@ -1,8 +1,13 @@
 """The FastAPI app: the page (static/), ``GET /info`` and ``/status``, and the three JSON endpoints.
 
 Every error is one JSON object ``{"error": "<one line>"}``: 422 for a body that fails validation, 400 for input
-the library refuses, 413 for a body over the size limit, 503 (with Retry-After) when the queue is full, 500 for
-anything unexpected (logged; the server keeps running).
+the library refuses or a ``Host`` header the server does not answer to, 404/405 for an unknown path or method,
+413 for a body over the size limit, 503 (with Retry-After) when the queue is full, 500 for anything unexpected
+(logged; the server keeps running). Connection-level answers (408, 503, malformed HTTP) come from
+``protocol.GuardedH11Protocol`` in the same shape.
+
+No ``/docs`` page: FastAPI's loads Swagger UI from a CDN (broken offline) and no installed package ships its
+assets; the schema is at ``/openapi.json``.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ log = logging.getLogger("amsmooth.serve")
 DEFAULT_MAX_BODY = 16 * 1024
 DEFAULT_QUEUE = 4
 RETRY_AFTER_S = 5
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -83,6 +90,34 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header, without its port or IPv6 brackets, lowercased: ``[::1]:7860`` → ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """ASGI middleware against DNS rebinding: answer 400 unless the request's ``Host`` is one the server was
+    told to answer to (the loopback names, plus ``allowed``; ``*`` allows any)."""
+
+    def __init__(self, app: Any, allowed: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.allowed = {host_name(h) for h in (*LOOPBACK_HOSTS, *allowed)}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "*" not in self.allowed:
+            raw = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+            if host_name(raw) not in self.allowed:
+                shown = repr(raw[:100]) if raw else "missing"
+                await error(400, f"Host header {shown} is not one this server answers to ("
+                                 f"{', '.join(sorted(self.allowed))}); start it with --allow-host NAME to add "
+                                 "one")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def describe_validation(errors: Any, content_type: str = "application/json") -> str:
     """Pydantic's error list as one line: ``field: message; field: message``."""
     example = 'a JSON object such as {"prompt": "a photo of a cat", "seed": 0}'
@@ -101,9 +136,10 @@ def describe_validation(errors: Any, content_type: str = "application/json") -> 
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(service: DemoService, *, queue_size: int = DEFAULT_QUEUE,
-               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
-    """The app around a loaded ``DemoService``: its work runs on one worker behind a queue of ``queue_size``."""
+def create_app(service: DemoService, *, queue_size: int = DEFAULT_QUEUE, max_body: int = DEFAULT_MAX_BODY,
+               allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+    """The app around a loaded ``DemoService``: its work runs on one worker behind a queue of ``queue_size``;
+    it answers requests whose ``Host`` is a loopback name or in ``allowed_hosts`` (``*``: any)."""
     queue = WorkQueue(queue_size)
 
     @contextlib.asynccontextmanager
@@ -111,14 +147,31 @@ def create_app(service: DemoService, *, queue_size: int = DEFAULT_QUEUE,
         yield
         queue.shutdown()
 
-    app = FastAPI(title="amsmooth", summary="Adaptive Median Smoothing: see the defense work", lifespan=lifespan)
+    app = FastAPI(title="amsmooth", summary="Adaptive Median Smoothing: see the defense work", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.service, app.state.queue = service, queue
+    app.state.hosts = (*LOOPBACK_HOSTS, *allowed_hosts)
     app.add_middleware(BodySizeLimit, max_bytes=max_body)
+    app.add_middleware(HostCheck, allowed=allowed_hosts)        # the outermost: before the body is read
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error(422, describe_validation(exc.errors(), request.headers.get("content-type", "")))
+
+    async def _http(_: Request, exc: Any) -> JSONResponse:           # Starlette's HTTPException (404, 405 …)
+        message = {404: "no such page or endpoint", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return error(exc.status_code, f"{message} (the API: POST /relevance, /generate, /certify; GET /info, "
+                                      "/status, /openapi.json)" if exc.status_code in (404, 405) else message,
+                     exc.headers)
+
+    for status in HTTPStatus:        # by status code: every HTTPException the framework raises (500: _crash)
+        if status >= 400 and status != 500:
+            app.add_exception_handler(int(status), _http)
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:       # Starlette logs it and re-raises
+        return error(500, f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on the worker; the result, or the API's error for what went wrong."""
