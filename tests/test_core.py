@@ -94,9 +94,31 @@ def test_wordpiece_grouping(minilm):
 
 def test_long_prompt_truncated_with_warning(tiny_encoder):
     long = " ".join(["cat"] * 80) + " zebra"
-    with pytest.warns(UserWarning, match="zebra"):
-        batch = tiny_encoder.tokenize([long])
-    assert batch.input_ids.shape == (1, 77) and int(batch.content_mask.sum()) == 75
+    with pytest.warns(UserWarning, match=r"^1 prompt\(s\) longer than 77 tokens .*the longest: 83 tokens") as got:
+        batch = tiny_encoder.tokenize([long, "a cat"])
+    assert len(got) == 1 and "zebra" not in str(got[0].message)          # never the prompt's text (issue 28)
+    assert batch.input_ids.shape == (2, 77) and int(batch.content_mask[0].sum()) == 75
+    assert batch.dropped == ["cat cat cat cat cat zebra", ""]           # the text stays available to callers
+
+
+def test_a_concept_build_summarises_truncated_pairs_in_one_warning(tiny_encoder, tmp_path):
+    """Issue 28: building a concept on the lab encoder printed one warning per long pair, with its text."""
+    import warnings
+
+    from amsmooth.concepts import Concept
+    from amsmooth.encoders import PromptsTruncated
+
+    rows = [(f"explicit{i} " + "nude " * (70 + i), f"clothed{i} " + "dressed " * (70 + i)) for i in range(40)]
+    pairs = tmp_path / "long_pairs.csv"
+    pairs.write_text("positive,negative\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        Concept.from_pairs(tiny_encoder, pairs, batch_size=4)
+    shown = [w.message for w in got if isinstance(w.message, PromptsTruncated)]
+    lengths = [len(tiny_encoder.tokenizer(t, add_special_tokens=False)["input_ids"]) + 2 for r in rows for t in r]
+    assert sum(n > 77 for n in lengths) > 40                                # many prompts, one warning
+    assert len(shown) == 1 and (shown[0].count, shown[0].longest) == (sum(n > 77 for n in lengths), max(lengths))
+    assert "explicit" not in str(shown[0]) and "nude" not in str(shown[0])
 
 
 # ---------------------------------------------------------------- smoothing

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .encoders import TextEncoder
+from .encoders import TextEncoder, one_truncation_warning
 from .errors import AmsmoothError
 from .io import atomic_write_bytes
 from .prompts import read_csv
@@ -79,11 +79,12 @@ def concept_direction(encoder: TextEncoder, positives: list[str], negatives: lis
                       batch_size: int = 32) -> torch.Tensor:
     """Δ_tgt ``[L, D]`` (float32): the mean of T(pos) − T(neg), prompts padded to L as at inference."""
     total = None
-    for s in range(0, len(positives), batch_size):
-        emb = encoder.encode(positives[s:s + batch_size] + negatives[s:s + batch_size]).float()
-        half = emb.shape[0] // 2
-        diff = (emb[:half] - emb[half:]).sum(0)
-        total = diff if total is None else total + diff
+    with one_truncation_warning():
+        for s in range(0, len(positives), batch_size):
+            emb = encoder.encode(positives[s:s + batch_size] + negatives[s:s + batch_size]).float()
+            half = emb.shape[0] // 2
+            diff = (emb[:half] - emb[half:]).sum(0)
+            total = diff if total is None else total + diff
     return (total / len(positives)).cpu()
 
 

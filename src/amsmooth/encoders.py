@@ -6,6 +6,7 @@ T maps token ids to the encoder's last hidden states ``[B, L, D]``. Noise is add
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import os
 import warnings
@@ -17,6 +18,43 @@ import torch
 
 from .errors import AmsmoothError
 from .hub import hub_offline
+
+_TRUNCATIONS: contextvars.ContextVar[list | None] = contextvars.ContextVar("amsmooth_truncations", default=None)
+
+
+class PromptsTruncated(UserWarning):
+    """Prompts longer than the encoder's length, cut as the pipeline cuts them. It gives how many and the longest
+    length, never their text (issue 28: a concept build echoed dozens of explicit pair prompts); the cut-off
+    text of each prompt is in ``TokenizedBatch.dropped`` (``amsmooth relevance`` shows it)."""
+
+    def __init__(self, count: int, longest: int, length: int) -> None:
+        self.count, self.longest, self.length = count, longest, length
+        super().__init__(f"{count} prompt(s) longer than {length} tokens were truncated as the pipeline does "
+                         f"(the longest: {longest} tokens)")
+
+
+def report_truncation(warning: PromptsTruncated) -> None:
+    """Warn now, or add to the summary of the enclosing ``one_truncation_warning`` block."""
+    gathered = _TRUNCATIONS.get()
+    if gathered is None:
+        warnings.warn(warning, stacklevel=3)
+    else:
+        gathered.append(warning)
+
+
+@contextlib.contextmanager
+def one_truncation_warning() -> Iterator[None]:
+    """Inside the block, truncated prompts are counted, not reported; one ``PromptsTruncated`` at its end sums
+    them (a concept build tokenizes its pairs batch by batch)."""
+    gathered: list[PromptsTruncated] = []
+    token = _TRUNCATIONS.set(gathered)
+    try:
+        yield
+    finally:
+        _TRUNCATIONS.reset(token)
+    if gathered:
+        report_truncation(PromptsTruncated(sum(w.count for w in gathered), max(w.longest for w in gathered),
+                                           gathered[0].length))
 
 _CLIP_TYPES = {"clip_text_model", "clip"}
 _T5_TYPES = {"t5", "mt5", "umt5"}
@@ -285,10 +323,9 @@ class TextEncoder:
             dropped.append(self.tokenizer.decode(ids[len(kept):]).strip() if len(ids) > len(kept) else "")
             content_ids.append(list(kept))
             word_index[b, P:P + len(kept)] = torch.tensor(words[: len(kept)], dtype=torch.long)
-        for d in dropped:
-            if d:
-                warnings.warn(f"prompt longer than {L} tokens, truncated as the pipeline does; dropped: {d!r}",
-                              stacklevel=2)
+        over = [len(ids) + L - self.max_content for ids in enc["input_ids"] if len(ids) > self.max_content]
+        if over:
+            report_truncation(PromptsTruncated(len(over), max(over), L))
         input_ids, attention_mask = self.build_ids(content_ids)
         content_mask = torch.zeros((B, L), dtype=torch.bool)
         for b, c in enumerate(content_ids):

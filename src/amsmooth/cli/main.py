@@ -81,9 +81,16 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise AmsmoothError(f"--seed: {seed_problem(seed)}")
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
+    """A warning as the CLI prints it: ``amsmooth: warning: <first line>`` (not Python's file, line and source)."""
+    return f"amsmooth: warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input prints one line ``amsmooth: error: …`` and exits 2, never a traceback."""
     quiet_environment()        # before the commands import diffusers: no library chatter around our one line
+    warnings.formatwarning = one_line_warning
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser(argv).parse_args(argv)
