@@ -166,3 +166,32 @@ def test_disk_full_while_saving_an_image_is_one_line_and_leaves_no_partial_file(
     errors = [ln for ln in capsys.readouterr().err.split("\n") if "amsmooth: error:" in ln]   # after the bar
     assert len(errors) == 1 and "cannot write" in errors[0] and "No space left on device" in errors[0]
     assert list(out.iterdir()) == []
+
+
+def bar_counts(err: str) -> list[tuple[int, int]]:
+    """Every ``done/total`` the progress bar printed."""
+    import re
+
+    return [(int(a), int(b)) for a, b in re.findall(r"generate:.*?\|\s*(\d+)/(\d+)", err)]
+
+
+def test_progress_bar_ends_at_its_total_on_pndm_and_img2img(tmp_path, capsys):
+    """Issue 28: the tiny model's PNDM runs more U-Net steps than --steps and the bar overran its total (e.g.
+    6/4); img2img runs fewer. The bar's total is the steps the scheduler really runs."""
+    import copy
+
+    from amsmooth.loading import load_pipeline
+
+    scheduler = copy.deepcopy(load_pipeline("tiny").scheduler)
+    scheduler.set_timesteps(2)
+    pndm_steps = len(scheduler.timesteps)
+    assert pndm_steps > 2                                   # PNDM's warm-up: the case this test is about
+    assert main(["generate", "a cat", "a dog", *FAST, "--out", str(tmp_path / "a")]) == 0
+    counts = bar_counts(capsys.readouterr().err)
+    assert counts and all(n <= total for n, total in counts) and counts[-1] == (2 * pndm_steps, 2 * pndm_steps)
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (120, 80, 40)).save(init)
+    assert main(["generate", "a cat", *FAST, "--steps", "8", "--image", str(init), "--strength", "0.5",
+                 "--out", str(tmp_path / "b")]) == 0
+    counts = bar_counts(capsys.readouterr().err)
+    assert counts and all(n <= total for n, total in counts) and counts[-1][0] == counts[-1][1] < 8

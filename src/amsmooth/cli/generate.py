@@ -115,6 +115,20 @@ def batches(cases: Sequence[PromptCase], gen: Any, size: int) -> list[list[Promp
     return out
 
 
+def count_steps(bar: Any, prompts: int, planned: int) -> Any:
+    """A ``callback_on_step_end`` that advances ``bar`` by ``prompts`` per U-Net step. The bar was sized for
+    ``planned`` steps per call; at a call's first step the total is corrected to the steps the scheduler really
+    runs (PNDM adds warm-up steps, img2img's strength removes some: issue 28, the bar overran on PNDM)."""
+    def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        if step == 0:
+            bar.total += ((getattr(pipe, "num_timesteps", None) or planned) - planned) * prompts
+        bar.total = max(bar.total, bar.n + prompts)              # never past the end, whatever the pipeline
+        bar.update(prompts)
+        return {}
+
+    return on_step
+
+
 def generate_batch(dp: Any, group: Sequence[PromptCase], gen: Any, args: argparse.Namespace, init: Any,
                    bar: Any) -> Any:
     """One pipeline call for ``group``: image k of case b from a generator seeded with case b's seed (one case:
@@ -132,7 +146,7 @@ def generate_batch(dp: Any, group: Sequence[PromptCase], gen: Any, args: argpars
         return dp([c.prompt for c in group] if len(group) > 1 else group[0].prompt,
                   negative_prompt=args.negative_prompt, num_images_per_prompt=K, generator=generator,
                   num_inference_steps=args.steps, guidance_scale=gen.guidance_of(group[0]),
-                  callback_on_step_end=lambda *a, **k: (bar.update(len(group)), {})[1], **kwargs)
+                  callback_on_step_end=count_steps(bar, len(group), args.steps), **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:
