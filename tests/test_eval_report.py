@@ -99,3 +99,15 @@ def test_report_cli(runs, tmp_path, capsys):
 def test_report_of_nothing():
     with pytest.raises(AmsmoothError, match="no run directories"):
         load_summaries([])
+
+
+def test_detector_rule_reads_as_a_sentence_for_every_detector():
+    """Issue 28: `report` printed "(flagged when its default rule)" for the lab detectors."""
+    from amsmooth.eval.report import detector_rule
+    from amsmooth.lab.detect import LabDetector
+
+    lab = detector_rule({"detector": LabDetector("nudity").settings()})
+    assert lab.startswith("lab-nudity (flagged when skin share of torso and legs >= ") and "default" not in lab
+    assert detector_rule({"detector": {"name": "q16", "threshold": 0.5}}) == "q16 (flagged when p ≥ 0.5)"
+    assert detector_rule({"detector": {"name": "x"}}) == "x (its default flagging rule)"
+    assert "flagged when its" not in detector_rule({"detector": {"name": "x"}})

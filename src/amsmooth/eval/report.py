@@ -107,10 +107,15 @@ def detector_rule(config: dict[str, Any]) -> str | None:
     det = config.get("detector")
     if not isinstance(det, dict):
         return str(det) if det else None
-    rule = f"p ≥ {det['threshold']}" if "threshold" in det else "its default rule"
     if det.get("classes"):
-        rule = f"any of {len(det['classes'])} classes ≥ {det.get('threshold')}"
-    return f"{det.get('name', '?')} (flagged when {rule})"
+        rule = f"flagged when any of {len(det['classes'])} classes ≥ {det.get('threshold')}"
+    elif "threshold" in det:
+        rule = f"flagged when p ≥ {det['threshold']}"
+    elif det.get("rule"):                                   # the lab's detectors describe their rule in words
+        rule = f"flagged when {det['rule']}"
+    else:
+        rule = "its default flagging rule"
+    return f"{det.get('name', '?')} ({rule})"
 
 
 def merge(summaries: Sequence[RunSummary]) -> list[Row]:
