@@ -51,6 +51,24 @@ def test_vocabulary_is_real_whole_word_tokens(tiny_encoder, vocab):
     assert tok(tok.batch_decode([[i] for i in sample]), add_special_tokens=False)["input_ids"] == [[i] for i in sample]
 
 
+def test_no_vocabulary_holds_special_or_unused_tokens(minilm):
+    """Issue 28: attack prompts on MiniLM (the lab's encoder) contained BERT's reserved slots such as
+    `[unused860]`; neither search space may hold them, nor [CLS]/[SEP]/[PAD]/[MASK]/[UNK]."""
+    import re
+
+    from amsmooth.attacks.vocab import token_ids
+
+    tok = minilm.tokenizer
+    unused = {i for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))) if re.fullmatch(
+        r"\[unused\d+\]", t)}
+    assert len(unused) > 900                                   # the case: MiniLM's vocabulary has them
+    for kind in ("all", "words"):
+        ids = set(token_ids(minilm, kind).tolist())
+        assert not ids & unused and not ids & set(tok.all_special_ids), kind
+        assert not any(re.search(r"\[\w+\]", t) for t in tok.convert_ids_to_tokens(sorted(ids))), kind
+    assert len(token_ids(minilm, "all")) == len(tok) - len(unused) - len(tok.all_special_ids)
+
+
 def test_projection_returns_the_nearest_token(vocab):
     ids = vocab.ids[[3, 50, 700]]
     noise = torch.randn(3, vocab.embeddings.shape[1], generator=torch.Generator().manual_seed(0))

@@ -6,8 +6,8 @@ Two search spaces (``Vocabulary(kind=...)``):
 - ``"words"``: tokens that are a whole word on their own (not special, ``tokenize(decode([i])) == [i]``; CLIP:
   tokens ending in ``</w>``, WordPiece: no ``##`` pieces or ``[unused]`` slots). Such tokens decode to text that
   re-tokenizes to the same ids, so an adversarial prompt is read exactly as it was optimized.
-- ``"all"``: every non-special token of the vocabulary (Ring-A-Bell, UnlearnDiffAtk, P4D, MMA-Diffusion search
-  the whole vocabulary). Sub-word pieces may merge when the decoded text is tokenized again; the attacks report
+- ``"all"``: every token of the vocabulary but the special and reserved ones (Ring-A-Bell, UnlearnDiffAtk, P4D,
+  MMA-Diffusion search the whole vocabulary). Sub-word pieces may merge when the decoded text is tokenized again; the attacks report
   whether it did (``exact``) and score the text as the pipeline reads it.
 
 A :class:`Layout` places the K searched tokens relative to the (kept part of the) source prompt: ``replace``
@@ -17,6 +17,7 @@ every ``every`` source tokens).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ from ..errors import AmsmoothError
 
 _IDS: dict[str, torch.Tensor] = {}   # per encoder identity and kind: the vocabulary scan takes seconds
 KINDS = ("words", "all")
+# Reserved slots that are in the vocabulary but mean nothing: BERT/MiniLM's ``[unused0]`` … ``[unused993]`` (an
+# attack's prompt showed ``[unused860]``, issue 28), Gemma-style ``<unused12>``.
+RESERVED = re.compile(r"\[unused\d+\]|<unused\d+>")
 METRICS = ("l2", "cosine")
 MODES = ("replace", "append", "prepend", "interleave")
 
@@ -47,11 +51,18 @@ def word_token_ids(encoder: TextEncoder) -> torch.Tensor:
     return token_ids(encoder, "words")
 
 
+def excluded_ids(tokenizer) -> set[int]:  # noqa: ANN001 - a transformers tokenizer
+    """Ids no attack may search: special tokens, added tokens and reserved slots (``RESERVED``)."""
+    names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return ({*tokenizer.all_special_ids, *tokenizer.added_tokens_decoder}
+            | {i for i, name in enumerate(names) if name and RESERVED.fullmatch(name)})
+
+
 def _scan(encoder: TextEncoder, kind: str) -> torch.Tensor:
     tok = encoder.tokenizer
     size = int(encoder.embedding.weight.shape[0])
     ids = list(range(min(size, len(tok))))
-    special = set(tok.all_special_ids)
+    special = excluded_ids(tok)
     if kind == "all":
         kept = [i for i in ids if i not in special]
     else:
