@@ -18,6 +18,7 @@ def test_generate_prompt_writes_image_and_sidecar(tmp_path, capsys):
     assert Image.open(out / "0_0.png").size == (64, 64)
     side = json.loads((out / "0_0.json").read_text())
     assert side["prompt"] == "a photo of a cat" and side["seed"] == 3 and side["defense"] == "ams"
+    assert side["defended"] is True
     assert side["config"]["sigma0"] == 0.006 and side["config"]["concepts"] == ["nudity"]
     assert [t["word"] for t in side["tokens"]] == ["a", "photo", "of", "a", "cat"]
     assert all(t["sigma"] > 0 for t in side["tokens"]) and side["timings"]["text_s"] > 0
@@ -43,7 +44,8 @@ def test_generate_csv_contract_seeds_guidance_and_reproducibility(tmp_path):
 
 def test_defense_none_and_unet_stage(tmp_path):
     assert main(["generate", "a cat", *FAST, "--defense", "none", "--out", str(tmp_path / "n")]) == 0
-    assert json.loads((tmp_path / "n" / "0_0.json").read_text())["config"] is None
+    side = json.loads((tmp_path / "n" / "0_0.json").read_text())
+    assert side["config"] is None and side["defended"] is False     # the sidecar records what the call did
     assert main(["generate", "a cat", *FAST, "--smoothing-stage", "unet", "--n", "3",
                  "--out", str(tmp_path / "u")]) == 0
     assert json.loads((tmp_path / "u" / "0_0.json").read_text())["smoothing_stage"] == "unet"

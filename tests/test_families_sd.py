@@ -156,3 +156,33 @@ def test_bad_input_is_one_amsmooth_error(pipe):
     dp = defend_pipeline(pipe, ["nudity"], SmoothingConfig(n=3))
     with pytest.raises(AmsmoothError, match="negative prompts"):
         dp(PROMPTS, negative_prompt=["a", "b", "c"], **KW)
+
+
+def test_prompt_embeds_run_undefended_with_a_warning_and_a_record_or_are_refused(pipe):
+    """Issue 28: a defended pipeline called with prompt_embeds ran undefended without a word. Now: one warning
+    per pipeline, ``defended=False`` on the output and in ``last_defense``; ``strict=True`` refuses."""
+    import warnings
+
+    from amsmooth.families.mixin import UndefendedCall
+
+    dp = defend_pipeline(pipe, ["nudity"], SmoothingConfig(n=3))
+    embeds = pipe.encode_prompt("a cat", "cpu", 1, False)[0]                 # the plain conditioning [1, L, D]
+    assert dp(PROMPTS[0], generator=_g(), **KW).defended is True
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        first = dp(prompt_embeds=embeds, generator=_g(), **KW)
+        second = dp(prompt_embeds=embeds, generator=_g(), return_dict=False, **KW)
+    said = [w for w in got if issubclass(w.category, UndefendedCall)]
+    assert len(said) == 1 and "UNDEFENDED" in str(said[0].message) and "strict=True" in str(said[0].message)
+    assert first.defended is False and first.relevance == [] and dp.last_defense["defended"] is False
+    assert isinstance(second, tuple)
+    plain = pipe(prompt_embeds=embeds, generator=_g(), **KW).images
+    assert np.array_equal(first.images, plain)                             # what ran: the plain pipeline
+    strict = defend_pipeline(pipe, ["nudity"], SmoothingConfig(n=3), strict=True)
+    with pytest.raises(AmsmoothError, match="refusing an undefended call"):
+        strict(prompt_embeds=embeds, generator=_g(), **KW)
+    assert strict(PROMPTS[0], generator=_g(), **KW).defended is True
+    assert DefendedStableDiffusionPipeline.from_pipe(strict).refuse_undefended is True   # from_pipe keeps it
+    with pytest.raises(AmsmoothError, match="prompt_embeds is not supported"):    # the wrapper always refuses
+        DefendedPipeline(pipe)("a cat", prompt_embeds=embeds)
+    assert DefendedPipeline(pipe)("a cat", generator=_g(), **KW).defended is False  # the baseline says so

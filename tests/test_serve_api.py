@@ -82,6 +82,7 @@ def test_generate_both_images_for_one_seed(client, service):
     body = r.json()
     assert (body["prompt"], body["seed"], body["steps"], body["model"]) == (PROMPT, 7, STEPS, "tiny")
     assert [i["defense"] for i in body["images"]] == ["none", "ams"]
+    assert [i["defended"] for i in body["images"]] == [False, True]
     assert body["tokens"] and all({"token", "word", "sim", "sigma"} <= set(t) for t in body["tokens"])
     for image in body["images"]:
         assert set(image["timings"]) == {"text_s", "denoise_decode_s", "total_s"}

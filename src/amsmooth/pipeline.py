@@ -34,6 +34,7 @@ class DefendedOutput:
     images: Any
     relevance: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    defended: bool = True               # False for the undefended baseline (ams=None)
 
 
 def _sync(device: torch.device) -> None:
@@ -217,7 +218,7 @@ class DefendedPipeline:
         _sync(device)
         t2 = time.perf_counter()
         return DefendedOutput(out.images, info, {"text_s": t1 - t0, "denoise_decode_s": t2 - t1,
-                                                 "total_s": t2 - t0})
+                                                 "total_s": t2 - t0}, defended=self.ams is not None)
 
     @staticmethod
     def _negatives(negative_prompt: str | Sequence[str] | None, n: int) -> list[str]:

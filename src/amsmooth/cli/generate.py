@@ -89,10 +89,10 @@ def load_init_image(path: str):  # noqa: ANN201 - PIL image
 
 
 def sidecar(case: PromptCase, k: int, seed: int, guidance: float, args: argparse.Namespace, config: Any, rel: dict,
-            timings: dict, safree: dict | None = None) -> dict:
+            timings: dict, safree: dict | None = None, defended: bool = True) -> dict:
     return {"case_number": case.case_number, "image_index": k, "prompt": case.prompt, "seed": seed,
             "guidance": guidance, "steps": args.steps, "model": args.model, "unet": args.unet,
-            "text_encoder": args.text_encoder, "defense": args.defense,
+            "text_encoder": args.text_encoder, "defense": args.defense, "defended": defended,
             "smoothing_stage": args.smoothing_stage if config else None,
             "config": config.to_dict() if config else None,
             "tokens": [{"token": t["token"], "word": t["word"], "sim": t["sim"], "sigma": t["sigma"]}
@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         result = generate_batch(dp, group, gen, args, init, bar)
         text_s += result.timings["text_s"]
         timings = {**result.timings, "batch_prompts": len(group)}
+        defended = bool(getattr(result, "defended", False))   # AMS ran on this call (not what was asked)
         for b, case in enumerate(group):
             rel = result.relevance[b] if result.relevance else {}
             safree = None
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                 atomic_save_image(inside(out, f"{stem}.png"), image)
                 atomic_write_json(inside(out, f"{stem}.json"), sidecar(case, k, gen.seed_of(case),
                                                                       gen.guidance_of(case), args, config, rel,
-                                                                      timings, safree))
+                                                                      timings, safree, defended))
     bar.close()
     total = time.perf_counter() - started
     n_img = len(cases) * args.images_per_prompt

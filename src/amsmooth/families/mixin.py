@@ -8,13 +8,19 @@ pipeline's ``encode_prompt`` as ``prompt_embeds`` / ``pooled_prompt_embeds``, wh
 embeddings, repeats for ``num_images_per_prompt`` and unscales LoRA as usual. So ``clip_skip``, the text
 encoders' LoRA scale, textual inversion, offload hooks, ``max_sequence_length`` … apply exactly as without the
 defense. ``__call__`` only captures the image generator (to derive the smoothing noise's own generator) and
-attaches ``relevance`` / ``timings`` to the output object.
+attaches ``relevance`` / ``timings`` / ``defended`` to the output object.
+
+A call with ``prompt_embeds`` (diffusers' API for precomputed conditioning) cannot be defended: AMS scores and
+perturbs the prompt's tokens, and embeddings carry no text. Such a call runs undefended, says so once per
+pipeline (``UndefendedCall``) and returns ``defended = False``; ``defend(…, strict=True)`` refuses it instead
+(issue 28: it ran undefended without a word). docs/method.md, "What the defense covers".
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +61,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class UndefendedCall(UserWarning):
+    """A defended pipeline was called in a way the defense cannot act on (``prompt_embeds``): it ran undefended."""
+
+
+BYPASS = ("the defense needs the prompt's text and precomputed prompt_embeds have none: pass prompt=… instead "
+          "of prompt_embeds")
+
+
 class DefendedMixin:
     """Put first in the bases of a diffusers pipeline subclass; set SLOTS and OUTPUTS for the family.
 
@@ -72,13 +86,16 @@ class DefendedMixin:
     _ams_stage: str = "text"
     _ams_spec: tuple | None = None
     _ams_call: _CallState | None = None
+    _warned_undefended: bool = False
+    refuse_undefended: bool = False
     last_defense: dict | None = None
 
     # ------------------------------------------------------------------ set-up
     def defend(self, concepts: Sequence[str | Concept] = ("nudity",), config: SmoothingConfig | None = None,
-               stage: str = "text") -> DefendedMixin:
+               stage: str = "text", strict: bool = False) -> DefendedMixin:
         """Defend this pipeline against ``concepts`` (built-in names, pairs CSVs, concept/bundle files); returns
-        self. Directions and relevance use the text encoders as they are now (load LoRAs first)."""
+        self. Directions and relevance use the text encoders as they are now (load LoRAs first). ``strict``:
+        refuse a call the defense cannot act on (``prompt_embeds``) instead of running it undefended."""
         if stage not in STAGES:
             raise AmsmoothError(f"unknown smoothing stage {stage!r}; choose one of {', '.join(STAGES)}")
         if stage == "unet" and not self.UNET_STAGE:
@@ -86,7 +103,8 @@ class DefendedMixin:
                                 f"{type(self).__name__}")
         config = config or SmoothingConfig()
         defense = FamilyDefense.build(self.encoder_views(), list(concepts) or list(config.concepts), config)
-        self._ams, self._ams_stage, self._ams_spec = defense, stage, (tuple(concepts), config, stage)
+        self._ams, self._ams_stage, self._ams_spec = defense, stage, (tuple(concepts), config, stage, strict)
+        self.refuse_undefended = strict
         return self
 
     def undefend(self) -> DefendedMixin:
@@ -118,6 +136,7 @@ class DefendedMixin:
             same = all(getattr(new, s.model, None) is getattr(pipeline, s.model, None) for s in cls.SLOTS)
             if same and getattr(pipeline, "SLOTS", None) == cls.SLOTS:
                 new._ams, new._ams_stage, new._ams_spec = pipeline._ams, spec[2], spec
+                new.refuse_undefended = spec[3]
             else:
                 new.defend(*spec)
         return new
@@ -126,13 +145,22 @@ class DefendedMixin:
     def __call__(self, *args: Any, smoothing_generator: torch.Generator | None = None, **kwargs: Any) -> Any:
         """The diffusers pipeline call. The smoothing noise comes from ``smoothing_generator`` (default: derived
         from ``generator``'s seed, so the image latents are drawn exactly as without the defense). The output (when
-        ``return_dict``) also carries ``relevance`` (per prompt) and ``timings`` (text_s, denoise_decode_s,
-        total_s); ``last_defense`` keeps both for ``return_dict=False``."""
+        ``return_dict``) also carries ``relevance`` (per prompt), ``timings`` (text_s, denoise_decode_s,
+        total_s) and ``defended`` (False when undefended or given ``prompt_embeds``); ``last_defense`` keeps them
+        for ``return_dict=False``."""
         base = super().__call__  # type: ignore[misc]
         bound = inspect.signature(base).bind_partial(*args, **kwargs).arguments
         prompt, negative = bound.get("prompt"), bound.get("negative_prompt")
         if isinstance(prompt, list) and isinstance(negative, list) and len(negative) != len(prompt):
             raise AmsmoothError(f"{len(negative)} negative prompts for {len(prompt)} prompts; give one or one each")
+        bypassed = self._ams is not None and bound.get("prompt_embeds") is not None
+        if bypassed and self.refuse_undefended:
+            raise AmsmoothError(f"refusing an undefended call (strict): {BYPASS}")
+        if bypassed and not self._warned_undefended:
+            self._warned_undefended = True
+            warnings.warn(UndefendedCall(f"{type(self).__name__} called with prompt_embeds runs UNDEFENDED: "
+                                         f"{BYPASS} (defend(..., strict=True) refuses such calls); said once per "
+                                         "pipeline, each output records defended=False"), stacklevel=2)
         state = _CallState(smoothing_generator or _smoothing_generators(bound.get("generator"), prompt))
         device = self._execution_device  # type: ignore[attr-defined]
         self._ams_call = state
@@ -146,9 +174,10 @@ class DefendedMixin:
         _sync(device)
         total = time.perf_counter() - t0
         timings = {"text_s": state.text_s, "denoise_decode_s": total - state.text_s, "total_s": total}
-        self.last_defense = {"relevance": state.relevance, "timings": timings}
-        if not isinstance(out, tuple):
-            out.relevance, out.timings = state.relevance, timings  # attributes, not keys: to_tuple() is unchanged
+        defended = self._ams is not None and not bypassed
+        self.last_defense = {"relevance": state.relevance, "timings": timings, "defended": defended}
+        if not isinstance(out, tuple):                        # attributes, not keys: to_tuple() is unchanged
+            out.relevance, out.timings, out.defended = state.relevance, timings, defended
         return out
 
     # ------------------------------------------------------------------ the override

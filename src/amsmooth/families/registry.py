@@ -75,10 +75,11 @@ def as_defended(pipe: Any, cls: type | None = None) -> Any:
 
 
 def defend_pipeline(pipe: Any, concepts: Sequence[str | Concept] = ("nudity",),
-                    config: SmoothingConfig | None = None, stage: str = "text") -> Any:
-    """The defended pipeline of ``pipe``'s family, sharing its modules, defended against ``concepts``."""
+                    config: SmoothingConfig | None = None, stage: str = "text", strict: bool = False) -> Any:
+    """The defended pipeline of ``pipe``'s family, sharing its modules, defended against ``concepts``
+    (``strict``: refuse calls with ``prompt_embeds`` instead of running them undefended)."""
     target = pipe if isinstance(pipe, DefendedMixin) else as_defended(pipe)
-    return target.defend(concepts, config, stage)
+    return target.defend(concepts, config, stage, strict)
 
 
 def undefended(pipe: Any) -> Any:

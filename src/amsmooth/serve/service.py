@@ -156,8 +156,8 @@ class DemoService:
                          guidance_scale=guidance, callback_on_step_end=self._step)
                 image = out.images[0]
                 pil.append(image)
-                images.append({"defense": name, "png_base64": png_base64(image), "width": image.width,
-                               "height": image.height, "timings": out.timings})
+                images.append({"defense": name, "defended": out.defended, "png_base64": png_base64(image),
+                               "width": image.width, "height": image.height, "timings": out.timings})
                 relevance = out.relevance[0] if out.relevance else relevance
         finally:
             self.progress.finish()
