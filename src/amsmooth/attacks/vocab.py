@@ -7,8 +7,9 @@ Two search spaces (``Vocabulary(kind=...)``):
   tokens ending in ``</w>``, WordPiece: no ``##`` pieces or ``[unused]`` slots). Such tokens decode to text that
   re-tokenizes to the same ids, so an adversarial prompt is read exactly as it was optimized.
 - ``"all"``: every token of the vocabulary but the special and reserved ones (Ring-A-Bell, UnlearnDiffAtk,
-  P4D, MMA-Diffusion search the whole vocabulary). Sub-word pieces may merge when the decoded text is tokenized again; the attacks report
-  whether it did (``exact``) and score the text as the pipeline reads it.
+  P4D, MMA-Diffusion search the whole vocabulary). Sub-word pieces may merge when the decoded text is
+  tokenized again; the attacks report whether it did (``exact``) and score the text as the pipeline
+  reads it.
 
 A :class:`Layout` places the K searched tokens relative to the (kept part of the) source prompt: ``replace``
 (the K tokens are the prompt), ``append``, ``prepend``, or ``interleave`` (P4D-K: one searched token before
