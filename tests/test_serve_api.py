@@ -289,6 +289,10 @@ def test_every_error_is_the_one_json_shape(client, service, monkeypatch):
         assert r.headers["content-type"] == "application/json" and set(r.json()) == {"error"}, r.text
         assert "\n" not in r.json()["error"]
     assert client.get("/openapi.json").status_code == 200              # the schema stays; /docs is gone
+    for raw, why in ((b'{"prompt": "\xff a"}', "not UTF-8"), (b'{"prompt": "a", "k": ' + b"[" * 1000 + b"]" * 1000
+                                                             + b"}", "nested too deeply")):
+        r = client.post("/relevance", content=raw, headers={"Content-Type": "application/json"})
+        assert (r.status_code, r.json()) == (422, {"error": f"body: not valid JSON ({why})"})
     monkeypatch.setattr(service, "config_for", lambda *_: 1 / 0)       # a crash outside the worker
     crashing = TestClient(client.app, raise_server_exceptions=False, base_url="http://127.0.0.1")
     r = crashing.post("/relevance", json={"prompt": "a"})
@@ -386,5 +390,8 @@ def test_connections_past_the_limit_get_503_and_malformed_http_400(live):
     assert error_of(got)[0] == 400                                  # a head over 16 KiB
     got, _ = talk(live, b"GET /info HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
     assert error_of(got)[0] == 400 and "evil.example" in error_of(got)[1]["error"]
+    got, _ = talk(live, b"GET /info HTTP/1.0\r\n\r\n")                # HTTP/1.0 may leave Host out: refused
+    assert error_of(got) == (400, {"error": "the request has no Host header, this server answers to (127.0.0.1, "
+                                            "::1, localhost); start it with --allow-host NAME to add one"})
     got, _ = talk(live, b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 200")                          # and the server still serves

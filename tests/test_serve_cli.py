@@ -52,7 +52,10 @@ def test_unavailable_model_fails_at_start(monkeypatch, capsys):
                                           (["--head-timeout", "0"], "--head-timeout"),
                                           (["--body-timeout", "-1"], "--body-timeout"),
                                           (["--keep-alive", "1e9"], "--keep-alive"),
-                                          (["--max-connections", "0"], "--max-connections")])
+                                          (["--max-connections", "0"], "--max-connections"),
+                                          (["--max-body", str(2**30)], "--max-body"),
+                                          (["--allow-host", ""], "--allow-host"),
+                                          (["--allow-host", "http://demo.lan:8080/"], "--allow-host")])
 def test_bad_flags_fail_before_loading(monkeypatch, capsys, flags, match):
     pytest.importorskip("fastapi")
     import amsmooth.loading
@@ -142,3 +145,10 @@ def test_serve_runs_uvicorn_with_the_connection_limits_and_the_host_check(monkey
     assert app.state.hosts == ("localhost", "127.0.0.1", "::1", "192.0.2.7", "demo.lan")
     err = capsys.readouterr().err
     assert "warning: binding 192.0.2.7" in err and "--allow-host" in err
+
+
+def test_the_printed_url_brackets_an_ipv6_host():
+    from amsmooth.cli.serve import url_host
+
+    assert [url_host(h) for h in ("127.0.0.1", "::1", "localhost", "[::1]")] == ["127.0.0.1", "[::1]", "localhost",
+                                                                                  "[::1]"]

@@ -11,6 +11,7 @@ from .common import add_concept_args, add_smoothing_args, smoothing_config
 from .model_options import add_model_args
 
 DEFAULT_MODEL = "lab"
+MAX_BODY_LIMIT = 1 << 20        # requests are a prompt (<= 1000 characters) and a few numbers: 1 MiB is plenty
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,8 +61,12 @@ def validate(args: argparse.Namespace) -> None:
         raise AmsmoothError(f"--steps must be >= 1, got {args.steps}")
     if args.queue_size < 0:
         raise AmsmoothError(f"--queue-size must be >= 0, got {args.queue_size}")
-    if args.max_body < 256:
-        raise AmsmoothError(f"--max-body must be >= 256 bytes, got {args.max_body}")
+    if not 256 <= args.max_body <= MAX_BODY_LIMIT:
+        raise AmsmoothError(f"--max-body must be in 256..{MAX_BODY_LIMIT} bytes, got {args.max_body}")
+    for name in args.allow_host:
+        if name != "*" and (not name or any(c in name for c in "/ \t@,") or name != name.strip()):
+            raise AmsmoothError(f"--allow-host {name!r}: give a host name or address as clients type it in the "
+                                "URL (demo.lan, 192.168.1.20, [fe80::1]), or '*' for any")
     for problem in connection_limits(args).problems():
         raise AmsmoothError(problem)
 
@@ -103,6 +108,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL: IPv6 addresses in brackets (``[::1]``)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def build_app(args: argparse.Namespace):  # noqa: ANN201 - a FastAPI app
     """Load the model and concepts (so a bad --model or --concept fails here, at start) and build the app."""
     from ..serve.app import create_app
@@ -134,6 +144,6 @@ def run(args: argparse.Namespace) -> int:
               f"authentication); it answers only requests addressed to {', '.join(app.state.hosts)} (add the "
               "name clients use with --allow-host NAME)", file=sys.stderr)
     print(f"amsmooth serve: model {args.model}, concepts {', '.join(app.state.service.config.concepts)}: "
-          f"http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+          f"http://{url_host(args.host)}:{args.port}/", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **uvicorn_options(connection_limits(args)))
     return 0

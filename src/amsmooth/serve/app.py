@@ -104,16 +104,15 @@ class HostCheck:
 
     def __init__(self, app: Any, allowed: tuple[str, ...] = ()) -> None:
         self.app = app
-        self.allowed = {host_name(h) for h in (*LOOPBACK_HOSTS, *allowed)}
+        self.allowed = {host_name(h) for h in (*LOOPBACK_HOSTS, *allowed)} - {""}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and "*" not in self.allowed:
             raw = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
             if host_name(raw) not in self.allowed:
-                shown = repr(raw[:100]) if raw else "missing"
-                await error(400, f"Host header {shown} is not one this server answers to ("
-                                 f"{', '.join(sorted(self.allowed))}); start it with --allow-host NAME to add "
-                                 "one")(scope, receive, send)
+                said = f"Host header {raw[:100]!r} is not one" if raw.strip() else "the request has no Host header,"
+                await error(400, f"{said} this server answers to ({', '.join(sorted(self.allowed))}); start it "
+                                 "with --allow-host NAME to add one")(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -160,6 +159,9 @@ def create_app(service: DemoService, *, queue_size: int = DEFAULT_QUEUE, max_bod
         return error(422, describe_validation(exc.errors(), request.headers.get("content-type", "")))
 
     async def _http(_: Request, exc: Any) -> JSONResponse:           # Starlette's HTTPException (404, 405 …)
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            why = "not UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else "nested too deeply"
+            return error(422, f"body: not valid JSON ({why})")       # FastAPI's "error parsing the body"
         message = {404: "no such page or endpoint", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
         return error(exc.status_code, f"{message} (the API: POST /relevance, /generate, /certify; GET /info, "
                                       "/status, /openapi.json)" if exc.status_code in (404, 405) else message,
