@@ -184,8 +184,30 @@ def test_help_and_a_bad_command_answer_without_importing_torch() -> None:
 def test_the_help_table_matches_each_commands_own_parser() -> None:
     """`amsmooth --help` lists COMMANDS without importing them; each command's parser gives the same help line."""
     import argparse
+    from pathlib import Path
 
+    import amsmooth.cli
     from amsmooth.cli.main import COMMANDS, build_parser
 
+    folder = Path(amsmooth.cli.__file__).parent
+    assert set(COMMANDS) == {p.stem for p in folder.glob("*.py") if "def register(" in p.read_text()}
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {a.dest: a.help for a in sub._choices_actions} == COMMANDS
+
+
+def test_a_warning_is_one_amsmooth_line_from_the_cli(capsys):
+    """Issue 28: warnings reach the user as ``amsmooth: warning: …`` (not Python's file:line and source line),
+    and a long prompt's warning carries no prompt text."""
+    import warnings
+
+    long = "secretword " * 90
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["relevance", long, "--encoder", "tiny", "--format", "jsonl"]) == 0
+    import re
+
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and re.fullmatch(r"amsmooth: warning: 1 prompt\(s\) longer than 77 tokens were truncated "
+                                          r"as the pipeline does \(the longest: \d+ tokens\)", err[0]), err
+    assert warnings.formatwarning is not None and "amsmooth" not in warnings.formatwarning(
+        "x", UserWarning, "f.py", 1, "")                        # Python's format is back after main()

@@ -90,7 +90,7 @@ def one_line_warning(message: Warning | str, category: type[Warning], filename: 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input prints one line ``amsmooth: error: …`` and exits 2, never a traceback."""
     quiet_environment()        # before the commands import diffusers: no library chatter around our one line
-    warnings.formatwarning = one_line_warning
+    python_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser(argv).parse_args(argv)
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("amsmooth: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = python_format     # in-process callers (lab table, tests) get Python's back
 
 
 if __name__ == "__main__":
