@@ -179,6 +179,10 @@ def _pretrained_location(path: str, kind: str, component: str, weights: str) -> 
         return str(p), component
     if (p / "config.json").is_file():
         return str(p), None
+    inner = sorted(q.name for q in p.iterdir() if (q / "config.json").is_file()) if p.is_dir() else []
+    if inner:   # a release that holds several models in subfolders, e.g. AdvUnlearn's nudity_unlearned/, …
+        raise AmsmoothError(f"{path}: folder holds several models in subfolders; pass one of them: "
+                            f"{', '.join(str(p / q) for q in inner[:5])}{', …' if len(inner) > 5 else ''}")
     raise AmsmoothError(f"{path}: folder has neither {component}/config.json nor config.json (with "
                         f"{weights}.safetensors); pass a diffusers folder, or the weights file itself")
 

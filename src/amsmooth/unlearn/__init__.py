@@ -1,6 +1,8 @@
-"""Concept erasure built in: ESD (fine-tuning, :mod:`.esd`) and UCE (closed-form edit, :mod:`.uce`).
+"""Concept erasure built in: ESD (fine-tuning, :mod:`.esd`), UCE (closed-form edit, :mod:`.uce`) and their robust
+versions RECE (UCE + closed-form adversarial rounds, :mod:`.rece`) and RACE (ESD + adversarial training on the
+text embedding, :mod:`.race`).
 
-Both take a loaded pipeline (anything :func:`amsmooth.loading.load_pipeline` accepts) and return the unlearned
+All take a loaded pipeline (anything :func:`amsmooth.loading.load_pipeline` accepts) and return the unlearned
 U-Net's full state dict in the diffusers layout, which :func:`save_unet` writes as ``.safetensors`` (+ a JSON
 sidecar) and ``load_pipeline(..., unet=path)`` / ``--unet`` load back.
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 from ..errors import AmsmoothError
 from .esd import QUICK, TRAIN_METHODS, ESDSettings, ESDTrainer, esd, trainable_parameter_names
 from .output import check_output, save_unet, sidecar_path
+from .race import QUICK_RACE, RACELog, RACESettings, RACETrainer, race
+from .rece import RECEEpoch, RECESettings, adversarial_embedding, rece
 from .uce import UCESettings, cross_attention_projections, uce
 
 # --concept NAME → default erase texts. nudity: the text of UCE's released nudity edit
@@ -30,6 +34,7 @@ def concept_texts(name: str) -> list[str]:
                             f"{', '.join(CONCEPT_TEXTS)}, or give the texts with --erase TEXT") from None
 
 
-__all__ = ["CONCEPT_TEXTS", "ESDSettings", "ESDTrainer", "QUICK", "TRAIN_METHODS", "UCESettings", "check_output",
-           "concept_texts", "cross_attention_projections", "esd", "save_unet", "sidecar_path",
-           "trainable_parameter_names", "uce"]
+__all__ = ["CONCEPT_TEXTS", "ESDSettings", "ESDTrainer", "QUICK", "QUICK_RACE", "RACELog", "RACESettings",
+           "RACETrainer", "RECEEpoch", "RECESettings", "TRAIN_METHODS", "UCESettings", "adversarial_embedding",
+           "check_output", "concept_texts", "cross_attention_projections", "esd", "race", "rece", "save_unet",
+           "sidecar_path", "trainable_parameter_names", "uce"]

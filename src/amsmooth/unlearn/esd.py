@@ -189,12 +189,16 @@ class ESDTrainer:
         return null - self.settings.negative_guidance * (text - null)
 
     def loss(self, x_t: torch.Tensor, t: torch.Tensor, text_index: int,
-             unet: torch.nn.Module | None = None) -> torch.Tensor:
-        """MSE(ε_θ'(x_t, c, t), target): a scalar, with gradients into ``unet`` (default: the fine-tuned one)."""
+             unet: torch.nn.Module | None = None, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """MSE(ε_θ'(x_t, c, t), target): a scalar, with gradients into ``unet`` (default: the fine-tuned one).
+
+        emb: the conditioning ``[1, L, D]`` of the fine-tuned prediction (default: the erase text's embedding; RACE
+        passes its adversarial one). The target always uses the erase text's own embedding."""
         unet = self.model if unet is None else unet
         target = self.target(x_t, t, text_index)
         inp = self.sampler.scale_model_input(x_t, t)
-        pred = unet(inp, t, encoder_hidden_states=self.erase_emb[text_index:text_index + 1], return_dict=False)[0]
+        cond = self.erase_emb[text_index:text_index + 1] if emb is None else emb
+        pred = unet(inp, t, encoder_hidden_states=cond, return_dict=False)[0]
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 
     def step(self, generator: torch.Generator) -> float:
