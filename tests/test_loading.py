@@ -362,3 +362,60 @@ def test_hub_offline_one_rule_for_every_loader(monkeypatch):
         monkeypatch.setenv("HF_HUB_OFFLINE", value)
         assert hub_offline() is True
     assert not any(hasattr(m, "_offline") for m in (encoders, loading, family_loading))  # no second copy
+
+
+# ------------------------------------------------------------------------------------------------ AdvUnlearn layout
+
+def _advunlearn_release(root, clip) -> None:
+    """OPTML-Group/AdvUnlearn's layout: one CLIPTextModel folder per unlearned concept."""
+    for name in ("nudity_unlearned", "vangogh_unlearned"):
+        clip.save_pretrained(root / name)
+
+
+def test_advunlearn_release_folder(pipe, clip1, tmp_path):
+    _advunlearn_release(tmp_path / "AdvUnlearn", clip1)
+    before = snapshot(pipe.text_encoder)
+    with pytest.raises(AmsmoothError, match=r"holds several models in subfolders; pass one of them: "
+                                            r".*AdvUnlearn/nudity_unlearned, .*AdvUnlearn/vangogh_unlearned"):
+        load_text_encoder_weights(pipe, str(tmp_path / "AdvUnlearn"))
+    assert_unchanged(pipe.text_encoder, before)
+    load_text_encoder_weights(pipe, str(tmp_path / "AdvUnlearn" / "nudity_unlearned"))
+    assert_same_weights(pipe.text_encoder, clip1)
+
+
+def test_advunlearn_hub_id_through_generate(clip1, tmp_path):
+    """`--text-encoder OPTML-Group/AdvUnlearn/nudity_unlearned` read from a Hub cache (offline), end to end; a text
+    encoder that does not fit is one line, exit 2, nothing written."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import amsmooth
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--OPTML-Group--AdvUnlearn"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    _advunlearn_release(repo / "snapshots" / commit, clip1)
+    tiny_clip_text_model(seed=1, hidden_size=48, intermediate_size=37).save_pretrained(tmp_path / "wide")
+    src = str(Path(amsmooth.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+           "OMP_NUM_THREADS": "1"}
+
+    def generate(encoder: str, out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "amsmooth.cli.main", "generate", "a photo", "--model", "tiny",
+                               "--text-encoder", encoder, "--steps", "1", "--defense", "none", "--device", "cpu",
+                               "--out", str(tmp_path / out)], env=env, capture_output=True, text=True, timeout=600)
+
+    done = generate("OPTML-Group/AdvUnlearn/nudity_unlearned", "img")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "img" / "0_0.json").read_text())["text_encoder"] == \
+        "OPTML-Group/AdvUnlearn/nudity_unlearned"
+    bad = generate(str(tmp_path / "wide"), "bad")
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and err[-1].startswith("amsmooth: error: ") and "does not fit" in err[-1], err
+    assert "Traceback" not in bad.stderr
+    assert not list((tmp_path / "bad").glob("*")) if (tmp_path / "bad").exists() else True   # no image written
