@@ -162,12 +162,14 @@ def test_race_pgd_stays_in_the_ball_and_lowers_its_objective(pipe):
     assert all(p.grad is None for p in trainer.model.parameters())       # the attack trains nothing
 
 
-def test_race_adversarial_step_raises_the_esd_loss(pipe):
-    """The PGD embedding is what the update is trained against: before the update, the ESD loss at it is higher
-    than at the clean embedding (mean over draws)."""
+@pytest.mark.parametrize("model", ["tiny", "lab"])
+def test_race_adversarial_step_raises_the_esd_loss(model, single_thread):
+    """The reference's PGD lowers a denoising loss, not the ESD loss; what RACE needs is that its embedding is
+    harder for the update than the clean one: before the update, the ESD loss at e + δ is higher than at e."""
+    pipe = load_pipeline(model)
     start = esd(pipe, ["nudity"], ESDSettings(method="x", iterations=4, lr=1e-3, ddim_steps=4),
                 torch.Generator().manual_seed(0))
-    trainer = RACETrainer(pipe, ["nudity"], RACESettings(esd=ESDSettings(ddim_steps=4), epsilon=0.5), start)
+    trainer = RACETrainer(pipe, ["nudity"], RACESettings(esd=ESDSettings(ddim_steps=4)), start)
     g = torch.Generator().manual_seed(1)
     clean, attacked = [], []
     for _ in range(6):
@@ -177,7 +179,8 @@ def test_race_adversarial_step_raises_the_esd_loss(pipe):
         with torch.no_grad():
             clean.append(float(trainer.loss(x_t, t, d.text_index)))
             attacked.append(float(trainer.loss(x_t, t, d.text_index, emb=adv)))
-    assert sum(attacked) > sum(clean), (clean, attacked)
+    higher = sum(a > c for a, c in zip(attacked, clean, strict=True))
+    assert higher >= 5 and sum(attacked) > sum(clean), (clean, attacked)
 
 
 def test_race_trains_the_methods_parameters_from_the_given_start(pipe, original):
