@@ -71,7 +71,8 @@ def concept_axis(concept: Concept) -> torch.Tensor:
 
 
 def pooled(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the conditioning over the positions the encoder attends (start, prompt, end): ``[B, L, D]`` → ``[B, D]``."""
+    """Mean of the conditioning over the positions the encoder attends (start, prompt, end): ``[B, L, D]`` →
+    ``[B, D]``."""
     m = mask.to(h.device, torch.float32)[..., None]
     return (h.float() * m).sum(1) / m.sum(1)
 
@@ -283,7 +284,7 @@ def plot(result: dict, path: Path) -> None:
     for name in result["rows"][0]["sets"]:
         ys = [r["sets"][name]["score"] for r in result["rows"]]
         ax.plot(drift, ys, marker="o", label=name)
-    for x, r in zip(drift, result["rows"]):
+    for x, r in zip(drift, result["rows"], strict=True):
         ax.annotate(f"σ0={r['sigma0']:g}", (x, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom")
     ax.set_xscale("symlog", linthresh=1e-4)        # σ0 = 0 gives drift 0; small σ0 give drifts ~1e-4
     ax.set_xlim(left=0, right=max(drift) * 1.3 + 1e-4)
@@ -358,7 +359,8 @@ def run(args: argparse.Namespace, encoder: TextEncoder | None = None) -> dict:
     print(table)
     aucs = ", ".join(f"{k} {v:.2f}" for k, v in result["auc_vs_benign_plain"].items())
     print(f"\ncells: mean concept score (share above the benign 99th percentile). Benign reference: "
-          f"{len(reference)} COCO prompts, mean {result['reference']['mean']:.4f}, std {result['reference']['std']:.4f}."
+          f"{len(reference)} COCO prompts, mean {result['reference']['mean']:.4f}, "
+          f"std {result['reference']['std']:.4f}."
           f"\nscore validity, AUC vs benign (plain encoder): {aucs}"
           f"\ntime: {result['seconds']} s. Wrote {out}/table.md, results.json, plot.png, attacks/*.csv")
     return result

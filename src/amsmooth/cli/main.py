@@ -35,7 +35,7 @@ COMMANDS = {
             "accelerate launch)",
     "utility": "FID and CLIP score of a defense on captions (e.g. COCO)",
     "lab": "the lab: a small text-to-image model trained here, to measure the defense end to end",
-    "unlearn": "erase a concept from a model's U-Net (ESD fine-tuning or UCE closed-form edit)",
+    "unlearn": "erase a concept from a model's U-Net (ESD, UCE, RECE, RACE)",
     "serve": "local web page + JSON API: token heatmap, undefended vs defended images, certificate",
 }
 MODULES = list(COMMANDS)
