@@ -14,22 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 
 from amsmooth.attacks.stats import paired_difference
-from amsmooth.eval.store import ResultStore
-from amsmooth.lab.report import NOT_AVERAGED, cluster
-
-
-def per_prompt(runs: list[Path]) -> dict[tuple[str, str], float]:
-    """(prompt set, prompt index) → share of its images flagged (over its seeds and every run given)."""
-    out: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for run in runs:
-        with ResultStore.read(run) as store:
-            for r in store.rows():
-                out[(r.prompt_set, cluster(r.case_number))].append(int(r.flagged))
-    return {k: sum(v) / len(v) for k, v in out.items()}
+from amsmooth.lab.report import NOT_AVERAGED, per_prompt
 
 
 def runs(args: argparse.Namespace, name: str) -> list[Path]:

@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 
+from _unet_state import changed, snapshot
 from amsmooth.cli.main import main
 from amsmooth.encoders import TextEncoder
 from amsmooth.errors import AmsmoothError
@@ -34,11 +35,7 @@ def pipe(single_thread):
 
 @pytest.fixture(scope="module")
 def original(pipe):
-    return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-
-
-def changed(state, original) -> set[str]:
-    return {k for k, v in state.items() if not torch.equal(v, original[k])}
+    return snapshot(pipe.unet)
 
 
 # ------------------------------------------------------------------------------------------------ ESD

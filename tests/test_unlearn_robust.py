@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from _unet_state import changed, snapshot
 from amsmooth.cli.main import main
 from amsmooth.encoders import TextEncoder
 from amsmooth.errors import AmsmoothError
@@ -39,11 +40,7 @@ def pipe(single_thread):
 
 @pytest.fixture(scope="module")
 def original(pipe):
-    return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-
-
-def changed(state, original) -> set[str]:
-    return {k for k, v in state.items() if not torch.equal(v, original[k])}
+    return snapshot(pipe.unet)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

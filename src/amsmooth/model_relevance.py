@@ -24,7 +24,7 @@ from .concepts import BUILTIN, Concept, builtin_pairs_path, read_pairs
 from .config import SmoothingConfig
 from .encoders import TextEncoder, TokenizedBatch
 from .errors import AmsmoothError
-from .relevance import concept_cosine, noise_schedule, removals
+from .relevance import WordCache, concept_cosine, noise_schedule, removals
 from .smoothing import AdaptiveMedianSmoothing, Relevance
 
 
@@ -92,13 +92,14 @@ class ModelAwareSmoothing(AdaptiveMedianSmoothing):
                  unet: Any, direction: torch.Tensor, probes: Probes) -> None:
         super().__init__(encoder, concepts, config)
         self.unet, self.direction, self.probes = unet, direction, probes
-        self._prompt_sims: dict[tuple[int, ...], torch.Tensor] = {}
+        self.prompt_cache = WordCache(config.cache_size)   # per prompt's token ids, bounded like the word cache
 
     def _effects(self, content_ids: tuple[int, ...]) -> torch.Tensor:
-        if content_ids not in self._prompt_sims:
-            self._prompt_sims[content_ids] = token_effect_sims(self.unet, self.encoder, content_ids, self.probes,
-                                                               self.direction)
-        return self._prompt_sims[content_ids]
+        sims = self.prompt_cache.get(content_ids)
+        if sims is None:
+            sims = token_effect_sims(self.unet, self.encoder, content_ids, self.probes, self.direction)
+            self.prompt_cache.put(content_ids, sims)
+        return sims
 
     def scores(self, batch: TokenizedBatch) -> Relevance:
         """sim ``[B, L]`` at the prompt tokens (0 elsewhere), then σ; sim_local = sim, no global part."""

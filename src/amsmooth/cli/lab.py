@@ -57,13 +57,16 @@ def register_more(lab: argparse._SubParsersAction) -> None:
     t = lab.add_parser("table", help="the lab's Table 1: erase (ESD, UCE), attack, defend, detect; ASR with "
                                      "95 %% intervals, utility, time (resumable)")
     t.add_argument("--out", required=True, metavar="DIR")
-    t.add_argument("--quick", action="store_true", help="a small table (≤ 10 min on 2 cores; the full one: 1 h 49 min)")
-    t.add_argument("--prompts", type=int, help="distinct prompts per set (full 10, quick 4)")
-    t.add_argument("--attack-prompts", type=int, help="source prompts per attack and seed (full 5, quick 2)")
+    t.add_argument("--quick", action="store_true",
+                   help="every arm on a few prompts (17.6 min beside another job, ~11 min of 2 cores' CPU; the v3 "
+                        "full table is not timed yet, v2's took 1 h 49 min)")
+    t.add_argument("--prompts", type=int, help="distinct prompts per set (full 25, quick 3)")
+    t.add_argument("--attack-prompts", type=int, help="source prompts per attack and seed (full 25, quick 2)")
     t.add_argument("--seeds", type=int, nargs="+", help="seeds (0 1 2)")
     t.add_argument("--sets", nargs="+", help="prompt sets: train heldout implicit lookalike benign")
     t.add_argument("--attacks", nargs="+", help="rab qf mma concept-pgd uda p4d, NAME-adaptive (against AMS)")
-    t.add_argument("--defenses", nargs="+", help="none blacklist sld-max sld-medium ams sld-medium+ams …")
+    t.add_argument("--defenses", nargs="+", help="none blacklist sld-max sld-medium ams ams-equal ams-oracle "
+                                                 "ams-subspace safree sld-medium+ams …")
     t.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per pipeline call in every eval (default 16; byte-identical images to 1, "
                         "1.6-1.8x faster on the lab on 2 CPU cores: amsmooth bench --batching lab)")

@@ -56,14 +56,16 @@ SECONDARY = (("ams", "ams-equal"), ("ams-oracle", "ams"), ("ams-oracle", "none")
 FACTORS = (1.6, 3.7)        # the lab's v2 reduction of ASR by AMS and the paper's (Table 1, ESD)
 
 
-def per_prompt(run: Path, sets: Sequence[str]) -> dict[tuple[str, str], float]:
-    """(prompt set, prompt) → share of its images flagged, over the given sets of a run."""
+def per_prompt(runs: Sequence[Path], sets: Sequence[str] | None = None) -> dict[tuple[str, str], float]:
+    """(prompt set, prompt) → share of its images flagged, pooled over ``runs`` (e.g. a run and its replicate at
+    other image seeds), over ``sets`` (None: every set)."""
     from .table import _rows
 
     out: dict[tuple[str, str], list[int]] = {}
-    for r in _rows(run):
-        if r.prompt_set in sets:
-            out.setdefault((r.prompt_set, cluster(r.case_number)), []).append(int(r.flagged))
+    for run in runs:
+        for r in _rows(run):
+            if sets is None or r.prompt_set in sets:
+                out.setdefault((r.prompt_set, cluster(r.case_number)), []).append(int(r.flagged))
     return {k: sum(v) / len(v) for k, v in out.items()}
 
 
@@ -96,7 +98,7 @@ def paired_section(results: dict[tuple[str, str], Path], attacks: Sequence[str])
             if (model, a) not in results or (model, b) not in results:
                 continue
             for name, sets in [("all attacks", list(attacks)), *[(x, [x]) for x in attacks]]:
-                r = paired(per_prompt(results[(model, a)], sets), per_prompt(results[(model, b)], sets))
+                r = paired(per_prompt([results[(model, a)]], sets), per_prompt([results[(model, b)]], sets))
                 if not r["prompts"]:
                     continue
                 rows.append({"model": model, "a": a, "b": b, "sets": name, **r})
