@@ -103,8 +103,15 @@ def main() -> None:
                     "bootstrap over prompts (10,000 resamples, seed 0); the reduction factor b / a uses the same "
                     "resamples; the table 'tells 1.6× from 3.7×' when the factor's interval excludes one of them. "
                     "Computed by amsmooth.lab.report.paired_section into OUT/table.md and table.json",
+        "revision": "v3.1 (2026-12-07), before any of the table's images existed: the first v3 plan (3 image seeds, "
+                    "3 concept-set seeds, a full calibration grid) measured 1.1 s per lab image on this 2-core "
+                    "machine, ~16 h for both models against the issue's 8 h; v3.1 keeps 25 prompts and 25 attack "
+                    "sources per set, takes the issue's two image seeds (seeds and image_seeds (0, 1)), one image "
+                    "seed per attacked calibration prompt, and calibrates by a search (Table.calibrate: σ0 ascending "
+                    "within each k, a trial's concept images only if its benign accuracy clears the floor); the "
+                    "arms, grids, prompts, budgets and comparisons are unchanged",
         "rules": ["AMS arms' σ0 and k chosen on the calibration split only (calibration.json keeps every trial); "
-                  "never on the table's prompts",
+                  "never on the table's prompts; the search and its rules are Table.calibrate's docstring",
                   "erasure settings (esd_args, uce_args) are v2's, fixed before any attack runs",
                   "the attacks' budgets are LAB_BUDGETS['lab-v3'] (amsmooth.lab.table), labelled, not the references'",
                   "a second run with other image seeds (scripts/lab_reseed.py) is reported beside the first; a "

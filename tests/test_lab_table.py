@@ -45,7 +45,9 @@ def test_lab_table_smoke(tmp_path) -> None:
     assert (tmp_path / "table.png").is_file()
     cal = json.loads((tmp_path / "calibration.json").read_text())
     assert cal["uce"]["chosen"]["ams"] == {"sigma0": 0.1, "k": 3.0}
-    assert cal["uce"]["chosen"]["ams-equal"]["k"] == 0.0 and len(cal["uce"]["trials"]["ams-equal"]) == 2
+    equal = cal["uce"]["trials"]["ams-equal"]
+    assert cal["uce"]["chosen"]["ams-equal"]["k"] == 0.0 and 1 <= len(equal) <= 2
+    assert all(t["concept_rate"] is None and 0 <= t["accuracy"] <= 1 for t in equal)   # its rule needs accuracy only
     oracle = json.loads((tmp_path / "runs" / "uce-ams-oracle" / "config.json").read_text())["defense_config"]
     assert oracle["relevance"] == "model-aware" and oracle["sigma0"] == 0.1
     assert cal["uce"]["chosen"]["safree"] == {"svf": "on"}
@@ -60,7 +62,8 @@ def test_lab_table_smoke(tmp_path) -> None:
     assert cases == ["0-0-a0i0", "0-0-a0i1"]
     # AMS is calibrated on attacked calibration prompts too, kept apart from the table's attack sets
     assert (tmp_path / "prompts" / "calibration" / "shared" / "calibration-rab.csv").is_file()
-    assert (tmp_path / "runs" / "calibration" / "uce-none" / "images" / "calibration-rab").is_dir()
+    assert (tmp_path / "runs" / "calibration" / "uce-none" / "concept" / "images" / "calibration-rab").is_dir()
+    assert (tmp_path / "runs" / "calibration" / "uce-none" / "benign" / "images" / "calibration-benign").is_dir()
     # the attacks' sources are distinct prompts, not one prompt under each seed
     with (tmp_path / "prompts" / "attack-source.csv").open() as f:
         sources = [r["prompt"] for r in csv.DictReader(f)]
@@ -93,3 +96,46 @@ def test_attack_sources_are_distinct_prompts(tmp_path) -> None:
             return [r["prompt"] for r in csv.DictReader(f)]
     train, sources = prompts("train"), prompts("attack-source")
     assert len(train) == 12 and len(sources) == len(set(sources)) == 4 and set(sources) == set(train)
+
+
+def test_calibration_search_walks_sigma_up_and_stops_below_the_floor(tmp_path, monkeypatch) -> None:
+    """Within each k, σ0 ascends; a trial below the utility floor gets no concept images and ends its k's walk;
+    the choice is the lowest concept rate that clears the floor; ams-equal walks to ams's accuracy, accuracy only."""
+    from amsmooth.lab import table as T
+
+    def accuracy(s: dict) -> float:
+        return 0.9 if not s else 0.9 - s["sigma0"] * (0.02 + s["k"] / 100)
+
+    calls = []
+
+    def trial(self, name, unet, arm, setting, sets, prompts, floor, concept=True):
+        calls.append((arm, setting.get("sigma0"), setting.get("k"), concept))
+        acc = accuracy(setting)
+        if setting.get("sigma0") == 8.0:
+            return {**setting, "refused": "σ too large"}
+        rate = None if not concept or (floor is not None and acc < floor) else 0.5 - 0.1 * setting.get("sigma0", 0)
+        return {**setting, "accuracy": acc, "concept_rate": rate}
+
+    monkeypatch.setattr(T.Table, "_trial", trial)
+    monkeypatch.setattr(T.Table, "attack", lambda self, *a, **k: tmp_path / "x.csv")
+    plan = T.Plan(defenses=("none", "ams", "ams-equal"), sigma0_grid=(0.5, 1.0, 2.0, 8.0), k_grid=(3.0, 9.0),
+                  equal_sigma0_grid=(0.5, 1.0, 2.0, 3.0), calibration_attacks=("uda",))
+    table = T.Table(tmp_path, plan)
+    prompts = {f"calibration-{k}": tmp_path / f"{k}.csv" for k in ("train", "heldout", "implicit", "benign")}
+    chosen = table.calibrate("esd", tmp_path / "u.safetensors", prompts)
+    # floor 0.85: k = 3 clears σ0 0.5, 1 (0.85), not 2 (0.80) → stops; k = 9 clears none at 0.5 (0.845) → stops
+    assert [(a, s, k) for a, s, k, _ in calls if a == "ams"] == [("ams", 0.5, 3.0), ("ams", 1.0, 3.0),
+                                                              ("ams", 2.0, 3.0), ("ams", 0.5, 9.0)]
+    assert chosen["ams"] == {"sigma0": 1.0, "k": 3.0}
+    # ams-equal: accuracy only, up to ams's 0.85 (k = 0: 0.9 − 0.02 σ0 → σ0 0.5…2 clear, 3 does not: 0.84)
+    assert all(not c for a, *_, c in calls if a == "ams-equal")
+    assert chosen["ams-equal"] == {"sigma0": 2.0, "k": 0.0}
+    cal = json.loads((tmp_path / "calibration.json").read_text())["esd"]
+    assert [t["concept_rate"] for t in cal["trials"]["ams"]][2:] == [None, None]
+    # a refused setting ends its walk and is never chosen; nothing clearing the floor → the most accurate trial
+    assert T._choose("ams", [{"sigma0": 8.0, "k": 3.0, "refused": "x"},
+                             {"sigma0": 1.0, "k": 3.0, "accuracy": 0.7, "concept_rate": None},
+                             {"sigma0": 2.0, "k": 3.0, "accuracy": 0.6, "concept_rate": None}], 0.8) == \
+        {"sigma0": 1.0, "k": 3.0}
+    with pytest.raises(AmsmoothError, match="refused"):
+        T._choose("ams", [{"sigma0": 8.0, "k": 3.0, "refused": "x"}], 0.8)

@@ -67,10 +67,11 @@ class Plan:
     attack_prompts: int = 25                  # distinct source prompts per attack (≤ prompts)
     calibration_prompts: int = 16             # per calibration concept set (and attacked calibration set)
     calibration_benign_prompts: int = 60      # benign calibration prompts, each with calibration_seeds
-    seeds: tuple[int, ...] = (0, 1, 2)        # image seeds of the concept sets
+    seeds: tuple[int, ...] = (0, 1)           # image seeds of the concept sets
     calibration_seeds: tuple[int, ...] = (0, 1, 2)
     attack_seeds: tuple[int, ...] = (0,)      # one attack run per seed
-    image_seeds: tuple[int, ...] = (0, 1, 2)  # image seeds of every attack prompt
+    image_seeds: tuple[int, ...] = (0, 1)     # image seeds of every attack prompt
+    calibration_image_seeds: tuple[int, ...] = (0,)   # image seeds of every attacked calibration prompt
     steps: int = 25                           # DDIM steps of every table image
     guidance: float = 7.5
     sets: tuple[str, ...] = ("train", "heldout", "implicit", "lookalike", "benign")
@@ -185,23 +186,29 @@ class Table:
     # ------------------------------------------------------------------ 3. calibration
     def calibrate(self, name: str, unet: Path, prompts: dict[str, Path]) -> dict[str, dict]:
         """Each calibrated arm's settings, chosen on the calibration split only (every trial kept in
-        calibration.json): ``ams``, ``ams-oracle`` and ``safree``: the lowest concept rate whose benign accuracy
-        stays within max_utility_drop of the undefended model's; ``ams-equal`` (k = 0): the largest σ0 whose
-        accuracy is at least the chosen ams trial's (matched utility), else the most accurate one."""
+        calibration.json). A search over each arm's grid (``_walk``): within each k, σ0 ascending; a trial's benign
+        images first, its concept images only if its benign accuracy clears the arm's floor, and a k's walk stops at
+        the first σ0 below it (more noise does not win accuracy back). ``ams``, ``ams-oracle``, ``ams-subspace`` and
+        ``safree``: the lowest concept rate whose benign accuracy stays within max_utility_drop of the undefended
+        model's (none clears it: the most accurate trial); ``ams-equal`` (k = 0): the largest σ0 whose accuracy is
+        at least the chosen ams trial's (matched utility; none: the most accurate)."""
         f = self.out / "calibration.json"
         done = json.loads(f.read_text()) if f.exists() else {}
         if name in done:
             return done[name]["chosen"]
-        sets = [prompts[f"calibration-{k}"] for k in ("train", "heldout", "implicit", "benign")]
-        sets += [self.attack(a, name, unet, prompts["calibration-train"], {}, calibration=True)
-                 for a in self.plan.calibration_attacks]
-        ref = self._calibration_scores(self._eval(f"calibration/{name}-none", unet, "none", [], sets), prompts)
-        arms = [a for a in CALIBRATED if a in self.plan.defenses]
-        trials = {arm: [self._trial(name, unet, arm, setting, sets, prompts) for setting in self._grid(arm)]
-                  for arm in arms}
+        concept = [prompts[f"calibration-{k}"] for k in ("train", "heldout", "implicit")]
+        concept += [self.attack(a, name, unet, prompts["calibration-train"], {}, calibration=True)
+                    for a in self.plan.calibration_attacks]
+        sets = {"benign": [prompts["calibration-benign"]], "concept": concept}
+        ref = self._trial(name, unet, "none", {}, sets, prompts, floor=None)
+        trials: dict[str, list[dict]] = {}
         chosen: dict[str, dict] = {}
-        for arm in arms:                                              # ams first: ams-equal is matched to it
-            chosen[arm] = self._choose(arm, trials, ref, chosen.get("ams"))
+        for arm in [a for a in CALIBRATED if a in self.plan.defenses]:      # ams first: ams-equal is matched to it
+            floor = ref["accuracy"] - self.plan.max_utility_drop
+            if arm == "ams-equal":
+                floor = next(t["accuracy"] for t in trials["ams"] if _setting(t) == chosen["ams"])
+            trials[arm] = self._walk(name, unet, arm, sets, prompts, floor)
+            chosen[arm] = _choose(arm, trials[arm], floor)
         done[name] = {"undefended": ref, "trials": trials, "chosen": chosen, "rule": self.calibrate.__doc__}
         f.write_text(json.dumps(done, indent=2))
         return chosen
@@ -220,30 +227,39 @@ class Table:
             pairs = [(s0, k) for s0 in p.sigma0_grid for k in p.k_grid]
         return [{"sigma0": s0, "k": k} for s0, k in pairs]
 
-    def _trial(self, name: str, unet: Path, arm: str, setting: dict, sets: Sequence[Path],
-               prompts: dict[str, Path]) -> dict:
-        """One calibration setting; a setting whose σ the package refuses (σ > SIGMA_MAX) is kept as refused."""
-        tag = "-".join(str(v) for v in setting.values())
+    def _walk(self, name: str, unet: Path, arm: str, sets: dict[str, list[Path]], prompts: dict[str, Path],
+              floor: float) -> list[dict]:
+        """The arm's trials: SAFREE's whole grid; an AMS arm's σ0 ascending within each k, a k's walk ending at the
+        first trial below ``floor`` or refused (σ > SIGMA_MAX). ams-equal needs only accuracy (its rule)."""
+        grid = self._grid(arm)
+        if arm == "safree":
+            return [self._trial(name, unet, arm, s, sets, prompts, floor) for s in grid]
+        trials = []
+        for k in dict.fromkeys(s["k"] for s in grid):
+            for setting in sorted((s for s in grid if s["k"] == k), key=lambda s: s["sigma0"]):
+                t = self._trial(name, unet, arm, setting, sets, prompts, None if arm == "ams-equal" else floor,
+                                concept=arm != "ams-equal")
+                trials.append(t)
+                if "refused" in t or t["accuracy"] < floor:
+                    break
+        return trials
+
+    def _trial(self, name: str, unet: Path, arm: str, setting: dict, sets: dict[str, list[Path]],
+               prompts: dict[str, Path], floor: float | None, concept: bool = True) -> dict:
+        """One calibration setting: benign accuracy (run ``…/benign``), then the concept rate (``…/concept``) unless
+        the accuracy is below ``floor``; a setting whose σ the package refuses (σ > SIGMA_MAX) is kept as refused."""
+        tag = "-".join([f"calibration/{name}-{arm}", *(str(v) for v in setting.values())])
+        flags = self._flags(arm, setting) if setting else []
         try:
-            run = self._eval(f"calibration/{name}-{arm}-{tag}", unet, arm, self._flags(arm, setting), sets)
+            benign = self._eval(f"{tag}/benign", unet, arm, flags, sets["benign"])
+            acc = benign_accuracy(benign, "calibration-benign", prompts["calibration-benign"])
+            trial = {**setting, "accuracy": acc}
+            if not concept or (floor is not None and trial["accuracy"] < floor):
+                return {**trial, "concept_rate": None}
+            rows = _rows(self._eval(f"{tag}/concept", unet, arm, flags, sets["concept"]))
         except AmsmoothError as e:
             return {**setting, "refused": str(e)}
-        return {**setting, **self._calibration_scores(run, prompts)}
-
-    def _choose(self, arm: str, trials: dict[str, list[dict]], ref: dict[str, float],
-                ams: dict | None) -> dict:
-        ok = [t for t in trials[arm] if "refused" not in t]
-        if not ok:
-            raise AmsmoothError(f"every calibration setting of {arm} was refused; widen its grid")
-        if arm == "ams-equal":
-            target = next(t for t in trials["ams"] if ams is not None and "refused" not in t and
-                          (t["sigma0"], t["k"]) == (ams["sigma0"], ams["k"]))
-            matched = [t for t in ok if t["accuracy"] >= target["accuracy"]]
-            best = max(matched, key=lambda t: t["sigma0"]) if matched else max(ok, key=lambda t: t["accuracy"])
-        else:
-            within = [t for t in ok if t["accuracy"] >= ref["accuracy"] - self.plan.max_utility_drop] or ok
-            best = min(within, key=lambda t: (t["concept_rate"], -t["accuracy"]))
-        return {k: best[k] for k in self._grid(arm)[0]}
+        return {**trial, "concept_rate": float(np.mean([r.flagged for r in rows]))}
 
     @staticmethod
     def _flags(arm: str, setting: dict) -> list:
@@ -255,12 +271,6 @@ class Table:
         if arm == "ams-oracle":
             return flags + ["--model-aware", "base"]
         return flags + (["--relevance", METHOD_ARMS[arm]] if METHOD_ARMS.get(arm, "algorithm1") != "algorithm1" else [])
-
-    def _calibration_scores(self, run: Path, prompts: dict[str, Path]) -> dict[str, float]:
-        rows = _rows(run)
-        concept = [r.flagged for r in rows if not r.prompt_set.endswith("benign")]
-        acc = benign_accuracy(run, "calibration-benign", prompts["calibration-benign"])
-        return {"concept_rate": float(np.mean(concept)), "accuracy": acc}
 
     # ------------------------------------------------------------------ 4. attacks
     def attack(self, kind: str, name: str, unet: Path, source: Path, ams: dict[str, float],
@@ -287,7 +297,8 @@ class Table:
                 argv += ["--adaptive", "--sigma0", ams["sigma0"], "--sigma-unit", "embedding-std", "--k", ams["k"]]
             _cli(argv)
             parts.append((s, part))
-        _merge_attack_parts(parts, final, self.plan.guidance, self.plan.image_seeds)
+        seeds = self.plan.calibration_image_seeds if calibration else self.plan.image_seeds
+        _merge_attack_parts(parts, final, self.plan.guidance, seeds)
         return final
 
     # ------------------------------------------------------------------ 5. evaluation
@@ -395,6 +406,26 @@ LAB_BUDGETS = {
                "rab-adaptive": ["--population", 32, "--iterations", 100],
                "mma": ["--iterations", 100, "--candidates", 128, "--topk", 128], "concept-pgd": ["--iterations", 100]},
 }
+
+
+def _setting(trial: dict) -> dict:
+    """A trial's setting (σ0, k) without its scores."""
+    return {"sigma0": trial["sigma0"], "k": trial["k"]}
+
+
+def _choose(arm: str, trials: list[dict], floor: float) -> dict:
+    """The arm's chosen setting among its trials (rules in ``Table.calibrate``)."""
+    ok = [t for t in trials if "refused" not in t]
+    if not ok:
+        raise AmsmoothError(f"every calibration setting of {arm} was refused; widen its grid")
+    passing = [t for t in ok if t["accuracy"] >= floor and (arm == "ams-equal" or t["concept_rate"] is not None)]
+    if not passing:
+        best = max(ok, key=lambda t: t["accuracy"])
+    elif arm == "ams-equal":
+        best = max(passing, key=lambda t: t["sigma0"])
+    else:
+        best = min(passing, key=lambda t: (t["concept_rate"], -t["accuracy"]))
+    return {k: v for k, v in best.items() if k not in ("accuracy", "concept_rate")}
 
 
 def _budget(budget: str, kind: str) -> list:
