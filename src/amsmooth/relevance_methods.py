@@ -231,15 +231,16 @@ def candidate_words(positives: Sequence[str], negatives: Sequence[str], min_pair
     return sorted((w for w, n in counts.items() if n >= min_pairs), key=lambda w: (-counts[w], w))
 
 
-def concept_pairs(concept: Concept) -> tuple[list[str], list[str]]:
-    """The pairs a concept was built from: a built-in concept's shipped CSV (checked by its SHA-256)."""
+def concept_pairs(concept: Concept, method_name: str = "subspace") -> tuple[list[str], list[str]]:
+    """The pairs a concept was built from: a built-in concept's shipped CSV (checked by its SHA-256); a
+    concept without them is refused, naming the relevance method (``method_name``) that needs them."""
     from .concepts import BUILTIN
 
     if concept.name in BUILTIN:
         pos, neg, digest = read_pairs(builtin_pairs_path(concept.name))
         if not concept.pairs_sha256 or digest == concept.pairs_sha256:
             return pos, neg
-    raise AmsmoothError(f"relevance 'subspace' mines the concept's words from its pairs, and concept "
+    raise AmsmoothError(f"relevance '{method_name}' mines the concept's words from its pairs, and concept "
                         f"'{concept.name}' is not a built-in one whose pairs ship with amsmooth; use a built-in "
                         "concept (nudity, violence, vangogh) or another --relevance")
 
@@ -294,6 +295,76 @@ def subspace(ctx: RelevanceContext, batch: TokenizedBatch) -> RawScores:
     return RawScores(_place_words(batch, known, len(bases), ctx.encoder.max_length))
 
 
+# ---------------------------------------------------------------------------------------------- proximity
+PROXIMITY_WORDS = 16      # concept words (mined like subspace's) a word is compared with, besides Δ pooled
+PROXIMITY_ANCHOR = "empty"   # what is subtracted from every pooled embedding: the empty prompt's ("empty")
+
+
+def pooled(encoder: TextEncoder, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sentence embedding the encoder family was trained to compare: ``[N, L, D]`` hidden states and
+    ``[N, L]`` attention mask → ``[N, D]`` (float32). CLIP: the end-of-text token's state (CLIPTextModel's
+    pooled output, the last real token); any other family: the mean over the attended tokens
+    (sentence-transformers' mean pooling, with which all-MiniLM-L6-v2 was trained)."""
+    hidden, mask = hidden.float(), mask.to(hidden.device)
+    if encoder.is_clip:
+        last = (mask.sum(1) - 1).clamp_min(0)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    m = mask[..., None].float()
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def pooled_sequences(ctx: RelevanceContext, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Pooled embeddings of token-id sequences, each encoded alone between the special tokens: ``[N, D]``."""
+    ids, mask = ctx.encoder.build_ids(seqs)
+    return pooled(ctx.encoder, ctx.encoder.encode_chunked(ids, mask, ctx.config.max_batch), mask).cpu()
+
+
+def pooled_prompts(ctx: RelevanceContext, prompts: Sequence[str]) -> torch.Tensor:
+    """Pooled embeddings of prompts as the pipeline tokenizes them: ``[N, D]``."""
+    batch = ctx.encoder.tokenize(list(prompts))
+    emb = ctx.encoder.encode_chunked(batch.input_ids, batch.attention_mask, ctx.config.max_batch)
+    return pooled(ctx.encoder, emb, batch.attention_mask).cpu()
+
+
+def proximity_anchors(ctx: RelevanceContext, concept: Concept) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the pooled empty prompt ``[D]``, unit anchor directions ``[1 + r, D]``) of one concept: its pooled
+    direction Δ_c^pool = mean over its pairs of P(positive) − P(negative), then the ``PROXIMITY_WORDS``
+    candidate words of its pairs (:func:`candidate_words`) whose P(w) − P(∅) is most aligned with Δ_c^pool,
+    each as P(w) − P(∅)."""
+    pos, neg = concept_pairs(concept, "proximity")
+    cands = candidate_words(pos, neg)
+    if not cands:
+        raise AmsmoothError(f"concept '{concept.name}': its pairs have no word of their own for 'proximity'")
+    empty = pooled_sequences(ctx, [()])[0]
+    delta = (pooled_prompts(ctx, pos) - pooled_prompts(ctx, neg)).mean(0)
+    ids = [ctx.encoder.tokenizer(w, add_special_tokens=False)["input_ids"] for w in cands]
+    words = torch.nn.functional.normalize(pooled_sequences(ctx, ids) - empty, dim=1)
+    d = torch.nn.functional.normalize(delta, dim=0)
+    order = torch.argsort(words @ d, descending=True, stable=True)
+    return empty, torch.cat([d[None], words[order[:PROXIMITY_WORDS]]])
+
+
+def proximity(ctx: RelevanceContext, batch: TokenizedBatch) -> RawScores:
+    """Each word's proximity to the concept in the encoder's own sentence-embedding space: the word encoded
+    alone, pooled (:func:`pooled`), minus the pooled empty prompt, and its highest cosine with the concept's
+    anchors (:func:`proximity_anchors`: Δ_c pooled and the concept's own words):
+    s_w = max_a cos(P(w) − P(∅), a), every token of w getting s_w. Cached per word like Algorithm 1; one
+    encoder row per uncached word."""
+    anchors = ctx.state.get("proximity")
+    if anchors is None:
+        anchors = ctx.state["proximity"] = [proximity_anchors(ctx, c) for c in ctx.concepts]
+    words, known = _word_requests(ctx, batch, "proximity")
+    if words:
+        vec = pooled_sequences(ctx, list(words))                                   # [W, D]
+        for i, key in enumerate(words):
+            value = torch.stack([(torch.nn.functional.normalize(vec[i] - empty, dim=0) @ a.T).max()
+                                 for empty, a in anchors])                         # [C]
+            value = value[None].expand(len(key), -1).clone()                       # [len(word), C]
+            ctx.cache.put(("proximity", key), value)
+            known[key] = value
+    return RawScores(_place_words(batch, known, len(anchors), ctx.encoder.max_length))
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("algorithm1", algorithm1, "cos(T(w) − T(w∖j), Δ) of each word encoded alone (+ global if asked)",
            "Han et al., ICML 2025, Sec. 3.4 and Algorithm 1", calibrated=False),
@@ -306,6 +377,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("subspace", subspace, "||projection of DiffEmbed(w, j) on span(Δ, concept words)|| / ||DiffEmbed||",
            "SAFREE's toxic-concept subspace (Yoon et al., ICLR 2025, Sec. 3.1), spanned by Δ and the pairs' own "
            "words"),
+    Method("proximity", proximity, "max cos(P(w) − P(∅), Δ pooled or a concept word's): the word's proximity "
+           "to the concept in the encoder's pooled (sentence-embedding) space",
+           "sentence-embedding similarity (Reimers & Gurevych, EMNLP 2019: mean pooling; CLIP's pooled "
+           "end-of-text state, Radford et al., ICML 2021); SAFREE's keyword proximity (Yoon et al., ICLR 2025)"),
 )}
 assert tuple(METHODS) == RELEVANCE_METHODS, "config.RELEVANCE_METHODS must list METHODS in order"
 
