@@ -168,24 +168,23 @@ def test_certify_refuses_a_method_whose_sigma_reads_the_embeddings(tiny_encoder,
         certify(ams, ["a naked man"], rho=1.0, n=10)
 
 
-def test_pooled_is_clips_own_pooled_output_and_a_masked_mean_elsewhere(tiny_encoder):
+def test_pooled_is_clips_own_pooled_output_and_a_prompt_token_mean_elsewhere(tiny_encoder):
     from amsmooth.relevance_methods import pooled
 
-    words = [tiny_encoder.tokenizer(w, add_special_tokens=False)["input_ids"] for w in ("a naked man", "", "tree")]
-    ids, mask = tiny_encoder.build_ids(words)                                      # [3, L]
+    batch = tiny_encoder.tokenize(["a naked man", "", "tree"])                    # [3, L]
     with torch.no_grad():
-        out = tiny_encoder.model(ids)
-    got = pooled(tiny_encoder, out[0], mask)                                       # [3, D]
+        out = tiny_encoder.model(batch.input_ids)
+    got = pooled(tiny_encoder, out[0], batch.content_mask)                        # [3, D]
     assert got.shape == (3, tiny_encoder.hidden_size)
     assert torch.allclose(got, out.pooler_output.float(), atol=1e-6)             # CLIP: the end-of-text state
-    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
-    m = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    hidden = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    content = torch.tensor([[0, 1, 1, 0, 0], [0, 1, 1, 1, 0]], dtype=torch.bool)  # [CLS] w w [SEP] [PAD] ...
 
     class NotClip:
         is_clip = False
 
-    want = torch.stack([hidden[0, :2].mean(0), hidden[1, :3].mean(0)])
-    assert torch.equal(pooled(NotClip(), hidden, m), want)                        # padding never counts
+    want = torch.stack([hidden[0, 1:3].mean(0), hidden[1, 1:4].mean(0)])
+    assert torch.equal(pooled(NotClip(), hidden, content), want)                 # special tokens never count
 
 
 def test_proximity_scores_whole_words_alone_and_the_same_in_any_prompt(tiny_encoder, tiny_nudity):

@@ -297,58 +297,70 @@ def subspace(ctx: RelevanceContext, batch: TokenizedBatch) -> RawScores:
 
 # ---------------------------------------------------------------------------------------------- proximity
 PROXIMITY_WORDS = 16      # concept words (mined like subspace's) a word is compared with, besides Δ pooled
-PROXIMITY_ANCHOR = "empty"   # what is subtracted from every pooled embedding: the empty prompt's ("empty")
 
 
-def pooled(encoder: TextEncoder, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The sentence embedding the encoder family was trained to compare: ``[N, L, D]`` hidden states and
-    ``[N, L]`` attention mask → ``[N, D]`` (float32). CLIP: the end-of-text token's state (CLIPTextModel's
-    pooled output, the last real token); any other family: the mean over the attended tokens
-    (sentence-transformers' mean pooling, with which all-MiniLM-L6-v2 was trained)."""
-    hidden, mask = hidden.float(), mask.to(hidden.device)
+def pooled(encoder: TextEncoder, hidden: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The sentence embedding the encoder family compares: ``[N, L, D]`` hidden states and the ``[N, L]`` prompt
+    token mask → ``[N, D]`` (float32). CLIP: the end-of-text token's state (CLIPTextModel's pooled output, right
+    after the prompt tokens); any other family: the mean over the prompt tokens (sentence-transformers' mean
+    pooling, with which all-MiniLM-L6-v2 was trained, without the special tokens; a row without prompt tokens
+    gives 0)."""
+    hidden, content = hidden.float(), content.to(hidden.device)
     if encoder.is_clip:
-        last = (mask.sum(1) - 1).clamp_min(0)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    m = mask[..., None].float()
+        eos = encoder.content_start + content.sum(1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), eos]
+    m = content[..., None].float()
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 def pooled_sequences(ctx: RelevanceContext, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
     """Pooled embeddings of token-id sequences, each encoded alone between the special tokens: ``[N, D]``."""
-    ids, mask = ctx.encoder.build_ids(seqs)
-    return pooled(ctx.encoder, ctx.encoder.encode_chunked(ids, mask, ctx.config.max_batch), mask).cpu()
+    enc = ctx.encoder
+    ids, mask = enc.build_ids(seqs)
+    content = torch.zeros_like(mask, dtype=torch.bool)
+    for r, seq in enumerate(seqs):
+        content[r, enc.content_start:enc.content_start + min(len(seq), enc.max_content)] = True
+    return pooled(enc, enc.encode_chunked(ids, mask, ctx.config.max_batch), content).cpu()
+
+
+def pooled_words(ctx: RelevanceContext, words: Sequence[str]) -> torch.Tensor:
+    """Pooled embeddings of words, each encoded alone: ``[len(words), D]``."""
+    return pooled_sequences(ctx, [ctx.encoder.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words])
 
 
 def pooled_prompts(ctx: RelevanceContext, prompts: Sequence[str]) -> torch.Tensor:
     """Pooled embeddings of prompts as the pipeline tokenizes them: ``[N, D]``."""
     batch = ctx.encoder.tokenize(list(prompts))
     emb = ctx.encoder.encode_chunked(batch.input_ids, batch.attention_mask, ctx.config.max_batch)
-    return pooled(ctx.encoder, emb, batch.attention_mask).cpu()
+    return pooled(ctx.encoder, emb, batch.content_mask).cpu()
 
 
 def proximity_anchors(ctx: RelevanceContext, concept: Concept) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the pooled empty prompt ``[D]``, unit anchor directions ``[1 + r, D]``) of one concept: its pooled
-    direction Δ_c^pool = mean over its pairs of P(positive) − P(negative), then the ``PROXIMITY_WORDS``
-    candidate words of its pairs (:func:`candidate_words`) whose P(w) − P(∅) is most aligned with Δ_c^pool,
-    each as P(w) − P(∅)."""
+    """(the centre ``[D]``, unit anchor directions ``[1 + r, D]``) of one concept. The centre is what any word
+    adds: the mean pooled embedding of the neutral prompts' words, each encoded alone. The anchors: the pooled
+    direction Δ_c^pool = mean over the concept's pairs of P(positive) − P(negative), then the
+    ``PROXIMITY_WORDS`` candidate words of its pairs (:func:`candidate_words`) whose P(w) − centre is most
+    aligned with Δ_c^pool, each as P(w) − centre."""
+    from .relevance_scale import neutral_words
+
     pos, neg = concept_pairs(concept, "proximity")
     cands = candidate_words(pos, neg)
     if not cands:
         raise AmsmoothError(f"concept '{concept.name}': its pairs have no word of their own for 'proximity'")
-    empty = pooled_sequences(ctx, [()])[0]
-    delta = (pooled_prompts(ctx, pos) - pooled_prompts(ctx, neg)).mean(0)
-    ids = [ctx.encoder.tokenizer(w, add_special_tokens=False)["input_ids"] for w in cands]
-    words = torch.nn.functional.normalize(pooled_sequences(ctx, ids) - empty, dim=1)
-    d = torch.nn.functional.normalize(delta, dim=0)
+    centre = ctx.state.get("proximity_centre")
+    if centre is None:
+        centre = ctx.state["proximity_centre"] = pooled_words(ctx, neutral_words(ctx.encoder)).mean(0)
+    d = torch.nn.functional.normalize((pooled_prompts(ctx, pos) - pooled_prompts(ctx, neg)).mean(0), dim=0)
+    words = torch.nn.functional.normalize(pooled_words(ctx, cands) - centre, dim=1)
     order = torch.argsort(words @ d, descending=True, stable=True)
-    return empty, torch.cat([d[None], words[order[:PROXIMITY_WORDS]]])
+    return centre, torch.cat([d[None], words[order[:PROXIMITY_WORDS]]])
 
 
 def proximity(ctx: RelevanceContext, batch: TokenizedBatch) -> RawScores:
     """Each word's proximity to the concept in the encoder's own sentence-embedding space: the word encoded
-    alone, pooled (:func:`pooled`), minus the pooled empty prompt, and its highest cosine with the concept's
-    anchors (:func:`proximity_anchors`: Δ_c pooled and the concept's own words):
-    s_w = max_a cos(P(w) − P(∅), a), every token of w getting s_w. Cached per word like Algorithm 1; one
+    alone, pooled (:func:`pooled`), minus the centre (what any word adds), and its highest cosine with the
+    concept's anchors (:func:`proximity_anchors`: Δ_c pooled and the concept's own words):
+    s_w = max_a cos(P(w) − P̄_neutral, a), every token of w getting s_w. Cached per word like Algorithm 1; one
     encoder row per uncached word."""
     anchors = ctx.state.get("proximity")
     if anchors is None:
@@ -357,8 +369,8 @@ def proximity(ctx: RelevanceContext, batch: TokenizedBatch) -> RawScores:
     if words:
         vec = pooled_sequences(ctx, list(words))                                   # [W, D]
         for i, key in enumerate(words):
-            value = torch.stack([(torch.nn.functional.normalize(vec[i] - empty, dim=0) @ a.T).max()
-                                 for empty, a in anchors])                         # [C]
+            value = torch.stack([(torch.nn.functional.normalize(vec[i] - centre, dim=0) @ a.T).max()
+                                 for centre, a in anchors])                        # [C]
             value = value[None].expand(len(key), -1).clone()                       # [len(word), C]
             ctx.cache.put(("proximity", key), value)
             known[key] = value
@@ -377,7 +389,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("subspace", subspace, "||projection of DiffEmbed(w, j) on span(Δ, concept words)|| / ||DiffEmbed||",
            "SAFREE's toxic-concept subspace (Yoon et al., ICLR 2025, Sec. 3.1), spanned by Δ and the pairs' own "
            "words"),
-    Method("proximity", proximity, "max cos(P(w) − P(∅), Δ pooled or a concept word's): the word's proximity "
+    Method("proximity", proximity, "max cos(P(w) − P̄, Δ pooled or a concept word's): the word's proximity "
            "to the concept in the encoder's pooled (sentence-embedding) space",
            "sentence-embedding similarity (Reimers & Gurevych, EMNLP 2019: mean pooling; CLIP's pooled "
            "end-of-text state, Radford et al., ICML 2021); SAFREE's keyword proximity (Yoon et al., ICLR 2025)"),
