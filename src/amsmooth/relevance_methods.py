@@ -10,6 +10,7 @@ each follows.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from .concepts import Concept, builtin_pairs_path, read_pairs
 from .config import RELEVANCE_METHODS, SmoothingConfig
-from .encoders import TextEncoder, TokenizedBatch
+from .encoders import PromptsTruncated, TextEncoder, TokenizedBatch
 from .errors import AmsmoothError
 from .relevance import WordCache, combine_global, concept_cosine, differential_embeddings, removals
 
@@ -329,8 +330,11 @@ def pooled_words(ctx: RelevanceContext, words: Sequence[str]) -> torch.Tensor:
 
 
 def pooled_prompts(ctx: RelevanceContext, prompts: Sequence[str]) -> torch.Tensor:
-    """Pooled embeddings of prompts as the pipeline tokenizes them: ``[N, D]``."""
-    batch = ctx.encoder.tokenize(list(prompts))
+    """Pooled embeddings of prompts as the pipeline tokenizes them (truncated to L, silently: the concept's
+    pairs are cut as its direction's are): ``[N, D]``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptsTruncated)
+        batch = ctx.encoder.tokenize(list(prompts))
     emb = ctx.encoder.encode_chunked(batch.input_ids, batch.attention_mask, ctx.config.max_batch)
     return pooled(ctx.encoder, emb, batch.content_mask).cpu()
 
