@@ -24,7 +24,7 @@ import torch
 from amsmooth import AdaptiveMedianSmoothing, Concept, SmoothingConfig
 from amsmooth.bench import BATCH_PROMPTS
 from amsmooth.config import RELEVANCE_METHODS
-from amsmooth.relevance_methods import SUBSPACE_WORDS
+from amsmooth.relevance_methods import PROXIMITY_WORDS, SUBSPACE_WORDS
 from amsmooth.relevance_scale import Scale
 
 SD15_IMAGE_S = 885.5   # README "Performance": undefended SD-1.5 image, 50 steps at 512 px, 2 idle cores
@@ -43,13 +43,19 @@ def load(name: str):  # noqa: ANN201
 
 
 def stub_setup(ams: AdaptiveMedianSmoothing) -> None:
-    """A fixed scale and (subspace) a random orthonormal basis of 1 + SUBSPACE_WORDS rows."""
+    """A fixed scale and (subspace) a random orthonormal basis of 1 + SUBSPACE_WORDS rows, (proximity) 1 +
+    PROXIMITY_WORDS random unit anchors."""
     ams.method_state["scale"] = Scale((0.0,), (0.1,))
     if ams.config.relevance == "subspace":
         dim = ams.encoder.max_length * ams.encoder.hidden_size
         g = torch.Generator().manual_seed(0)
         q, _ = torch.linalg.qr(torch.randn(dim, 1 + SUBSPACE_WORDS, generator=g))
         ams.method_state["subspace"] = [q.T.contiguous()]
+    if ams.config.relevance == "proximity":
+        g = torch.Generator().manual_seed(0)
+        anchors = torch.nn.functional.normalize(torch.randn(1 + PROXIMITY_WORDS, ams.encoder.hidden_size,
+                                                            generator=g), dim=1)
+        ams.method_state["proximity"] = [(torch.zeros(ams.encoder.hidden_size), anchors)]
 
 
 def main() -> None:

@@ -166,3 +166,71 @@ def test_certify_refuses_a_method_whose_sigma_reads_the_embeddings(tiny_encoder,
     ams.method = dataclasses.replace(ams.method, name="model-aware", sigma_reads="the token embeddings")
     with pytest.raises(AmsmoothError, match="no certificate is reported"):
         certify(ams, ["a naked man"], rho=1.0, n=10)
+
+
+def test_pooled_is_clips_own_pooled_output_and_a_prompt_token_mean_elsewhere(tiny_encoder):
+    from amsmooth.relevance_methods import pooled
+
+    batch = tiny_encoder.tokenize(["a naked man", "", "tree"])                    # [3, L]
+    with torch.no_grad():
+        out = tiny_encoder.model(batch.input_ids)
+    got = pooled(tiny_encoder, out[0], batch.content_mask)                        # [3, D]
+    assert got.shape == (3, tiny_encoder.hidden_size)
+    assert torch.allclose(got, out.pooler_output.float(), atol=1e-6)             # CLIP: the end-of-text state
+    hidden = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    content = torch.tensor([[0, 1, 1, 0, 0], [0, 1, 1, 1, 0]], dtype=torch.bool)  # [CLS] w w [SEP] [PAD] ...
+
+    class NotClip:
+        is_clip = False
+
+    want = torch.stack([hidden[0, 1:3].mean(0), hidden[1, 1:4].mean(0)])
+    assert torch.equal(pooled(NotClip(), hidden, content), want)                 # special tokens never count
+
+
+def test_proximity_scores_whole_words_alone_and_the_same_in_any_prompt(tiny_encoder, tiny_nudity):
+    ams = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(relevance="proximity"))
+    batch = tiny_encoder.tokenize(["a naked woman", "the beach and a naked tree"])
+    with torch.no_grad():
+        raw = METHODS["proximity"].fn(ams.context(), batch).local                 # [B, L, C]
+    assert raw.shape == (2, tiny_encoder.max_length, 1)
+    assert torch.all(raw[~batch.content_mask] == 0) and torch.all(raw.abs() <= 1 + 1e-6)
+    for b in range(2):
+        for positions in batch.words(b):
+            assert torch.all(raw[b, positions] == raw[b, positions[0]])           # one score per word
+    naked = [float(raw[b, p[0], 0]) for b in range(2) for p in batch.words(b)
+             if tiny_encoder.word_text(batch.input_ids[b, p].tolist()) == "naked"]
+    assert len(naked) == 2 and naked[0] == naked[1]                                # the word alone, not its context
+
+
+def test_proximity_refuses_a_concept_without_its_pairs(tiny_encoder, tiny_nudity):
+    other = dataclasses.replace(tiny_nudity, name="custom")
+    ams = AdaptiveMedianSmoothing(tiny_encoder, [other], SmoothingConfig(relevance="proximity"))
+    with pytest.raises(AmsmoothError, match="relevance 'proximity' mines the concept's words from its pairs"):
+        ams.relevance(["a nude man"])
+
+
+def test_real_minilm_proximity_ranks_a_held_out_synonym_above_unrelated_words(minilm):
+    """'unclothed' is no word of the nudity pairs (so no anchor of its own); raw scores, as above."""
+    from amsmooth.concepts import Concept, builtin_pairs_path, read_pairs
+
+    pos, neg, _ = read_pairs(builtin_pairs_path("nudity"))
+    assert "unclothed" not in candidate_words(pos, neg)
+    ams = AdaptiveMedianSmoothing(minilm, [Concept.builtin("nudity", minilm)], SmoothingConfig(relevance="proximity"))
+    prompts = ["a photo of an unclothed person", "a photo of an teapot person", "a photo of an orange person"]
+    batch = minilm.tokenize(prompts)
+    with torch.no_grad():
+        raw = METHODS["proximity"].fn(ams.context(), batch).local[..., 0]
+    scores = {minilm.word_text(batch.input_ids[b, batch.words(b)[4]].tolist()): float(raw[b, batch.words(b)[4][0]])
+              for b in range(3)}
+    assert set(scores) == {"unclothed", "teapot", "orange"}
+    assert scores["unclothed"] > max(scores["teapot"], scores["orange"])
+
+
+def test_certify_accepts_proximity_whose_sigma_reads_the_ids_only(tiny_encoder, tiny_nudity):
+    from amsmooth.certify import check_method
+
+    assert METHODS["proximity"].sigma_reads == "token ids"
+    check_method(METHODS["proximity"])
+    ams = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(relevance="proximity"))
+    (cert,) = certify(ams, ["a naked man"], rho=1.0, n=5, generator=torch.Generator().manual_seed(0))
+    assert cert is not None

@@ -277,7 +277,7 @@ def check_method(method) -> None:  # noqa: ANN001 - a relevance_methods.Method
         raise AmsmoothError(f"relevance {method.name!r} computes σ from {method.sigma_reads}, so σ changes with "
                             "the perturbation δ itself and Theorem 3.2 (a fixed Σ) does not bound the defended "
                             "output: no certificate is reported; use a method whose σ reads token ids only "
-                            "(algorithm1, contextual, attribution, subspace)")
+                            "(algorithm1, contextual, attribution, subspace, proximity)")
 
 
 def certify(ams, prompts: Sequence[str], rho: float, n: int = 1000, alpha: float = 0.001,  # noqa: ANN001

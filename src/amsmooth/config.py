@@ -20,7 +20,7 @@ SIGMA_OVERFLOW = 1e37
 SIGMA_UNITS = ("absolute", "embedding-std")
 
 # Relevance methods (amsmooth.relevance_methods.METHODS holds their functions; docs/method.md describes them).
-RELEVANCE_METHODS = ("algorithm1", "contextual", "attribution", "subspace")
+RELEVANCE_METHODS = ("algorithm1", "contextual", "attribution", "subspace", "proximity")
 
 
 def check_sigma_limit(sigma0: float, k: float, unit: float = 1.0, unit_name: str = "") -> None:
@@ -50,7 +50,8 @@ class SmoothingConfig:
     relevance: str = field(default="algorithm1", metadata={
         "cli": "relevance method: algorithm1 (the paper's Algorithm 1), contextual (each token's masked effect on "
                "the prompt's encoding, on Δ), attribution (gradient × input of the concept score), subspace "
-               "(projection on the concept words' subspace); all but algorithm1 are on a calibrated scale "
+               "(projection on the concept words' subspace), proximity (each word's pooled embedding against the "
+               "concept's words, cosine); all but algorithm1 are on a calibrated scale "
                "(docs/method.md)", "choices": RELEVANCE_METHODS})
     use_global: bool = field(default=False, metadata={"cli": "add global (whole-prompt) relevance (Algorithm 1's "
                                                              "flag)", "flag": "global"})

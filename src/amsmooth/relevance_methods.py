@@ -10,6 +10,7 @@ each follows.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from .concepts import Concept, builtin_pairs_path, read_pairs
 from .config import RELEVANCE_METHODS, SmoothingConfig
-from .encoders import TextEncoder, TokenizedBatch
+from .encoders import PromptsTruncated, TextEncoder, TokenizedBatch
 from .errors import AmsmoothError
 from .relevance import WordCache, combine_global, concept_cosine, differential_embeddings, removals
 
@@ -231,15 +232,16 @@ def candidate_words(positives: Sequence[str], negatives: Sequence[str], min_pair
     return sorted((w for w, n in counts.items() if n >= min_pairs), key=lambda w: (-counts[w], w))
 
 
-def concept_pairs(concept: Concept) -> tuple[list[str], list[str]]:
-    """The pairs a concept was built from: a built-in concept's shipped CSV (checked by its SHA-256)."""
+def concept_pairs(concept: Concept, method_name: str = "subspace") -> tuple[list[str], list[str]]:
+    """The pairs a concept was built from: a built-in concept's shipped CSV (checked by its SHA-256); a
+    concept without them is refused, naming the relevance method (``method_name``) that needs them."""
     from .concepts import BUILTIN
 
     if concept.name in BUILTIN:
         pos, neg, digest = read_pairs(builtin_pairs_path(concept.name))
         if not concept.pairs_sha256 or digest == concept.pairs_sha256:
             return pos, neg
-    raise AmsmoothError(f"relevance 'subspace' mines the concept's words from its pairs, and concept "
+    raise AmsmoothError(f"relevance '{method_name}' mines the concept's words from its pairs, and concept "
                         f"'{concept.name}' is not a built-in one whose pairs ship with amsmooth; use a built-in "
                         "concept (nudity, violence, vangogh) or another --relevance")
 
@@ -294,6 +296,91 @@ def subspace(ctx: RelevanceContext, batch: TokenizedBatch) -> RawScores:
     return RawScores(_place_words(batch, known, len(bases), ctx.encoder.max_length))
 
 
+# ---------------------------------------------------------------------------------------------- proximity
+PROXIMITY_WORDS = 16      # concept words (mined like subspace's) a word is compared with, besides Δ pooled
+
+
+def pooled(encoder: TextEncoder, hidden: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The sentence embedding the encoder family compares: ``[N, L, D]`` hidden states and the ``[N, L]`` prompt
+    token mask → ``[N, D]`` (float32). CLIP: the end-of-text token's state (CLIPTextModel's pooled output, right
+    after the prompt tokens); any other family: the mean over the prompt tokens (sentence-transformers' mean
+    pooling, with which all-MiniLM-L6-v2 was trained, without the special tokens; a row without prompt tokens
+    gives 0)."""
+    hidden, content = hidden.float(), content.to(hidden.device)
+    if encoder.is_clip:
+        eos = encoder.content_start + content.sum(1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), eos]
+    m = content[..., None].float()
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def pooled_sequences(ctx: RelevanceContext, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Pooled embeddings of token-id sequences, each encoded alone between the special tokens: ``[N, D]``."""
+    enc = ctx.encoder
+    ids, mask = enc.build_ids(seqs)
+    content = torch.zeros_like(mask, dtype=torch.bool)
+    for r, seq in enumerate(seqs):
+        content[r, enc.content_start:enc.content_start + min(len(seq), enc.max_content)] = True
+    return pooled(enc, enc.encode_chunked(ids, mask, ctx.config.max_batch), content).cpu()
+
+
+def pooled_words(ctx: RelevanceContext, words: Sequence[str]) -> torch.Tensor:
+    """Pooled embeddings of words, each encoded alone: ``[len(words), D]``."""
+    return pooled_sequences(ctx, [ctx.encoder.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words])
+
+
+def pooled_prompts(ctx: RelevanceContext, prompts: Sequence[str]) -> torch.Tensor:
+    """Pooled embeddings of prompts as the pipeline tokenizes them (truncated to L, silently: the concept's
+    pairs are cut as its direction's are): ``[N, D]``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptsTruncated)
+        batch = ctx.encoder.tokenize(list(prompts))
+    emb = ctx.encoder.encode_chunked(batch.input_ids, batch.attention_mask, ctx.config.max_batch)
+    return pooled(ctx.encoder, emb, batch.content_mask).cpu()
+
+
+def proximity_anchors(ctx: RelevanceContext, concept: Concept) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the centre ``[D]``, unit anchor directions ``[1 + r, D]``) of one concept. The centre is what any word
+    adds: the mean pooled embedding of the neutral prompts' words, each encoded alone. The anchors: the pooled
+    direction Δ_c^pool = mean over the concept's pairs of P(positive) − P(negative), then the
+    ``PROXIMITY_WORDS`` candidate words of its pairs (:func:`candidate_words`) whose P(w) − centre is most
+    aligned with Δ_c^pool, each as P(w) − centre."""
+    from .relevance_scale import neutral_words
+
+    pos, neg = concept_pairs(concept, "proximity")
+    cands = candidate_words(pos, neg)
+    if not cands:
+        raise AmsmoothError(f"concept '{concept.name}': its pairs have no word of their own for 'proximity'")
+    centre = ctx.state.get("proximity_centre")
+    if centre is None:
+        centre = ctx.state["proximity_centre"] = pooled_words(ctx, neutral_words(ctx.encoder)).mean(0)
+    d = torch.nn.functional.normalize((pooled_prompts(ctx, pos) - pooled_prompts(ctx, neg)).mean(0), dim=0)
+    words = torch.nn.functional.normalize(pooled_words(ctx, cands) - centre, dim=1)
+    order = torch.argsort(words @ d, descending=True, stable=True)
+    return centre, torch.cat([d[None], words[order[:PROXIMITY_WORDS]]])
+
+
+def proximity(ctx: RelevanceContext, batch: TokenizedBatch) -> RawScores:
+    """Each word's proximity to the concept in the encoder's own sentence-embedding space: the word encoded
+    alone, pooled (:func:`pooled`), minus the centre (what any word adds), and its highest cosine with the
+    concept's anchors (:func:`proximity_anchors`: Δ_c pooled and the concept's own words):
+    s_w = max_a cos(P(w) − P̄_neutral, a), every token of w getting s_w. Cached per word like Algorithm 1; one
+    encoder row per uncached word."""
+    anchors = ctx.state.get("proximity")
+    if anchors is None:
+        anchors = ctx.state["proximity"] = [proximity_anchors(ctx, c) for c in ctx.concepts]
+    words, known = _word_requests(ctx, batch, "proximity")
+    if words:
+        vec = pooled_sequences(ctx, list(words))                                   # [W, D]
+        for i, key in enumerate(words):
+            value = torch.stack([(torch.nn.functional.normalize(vec[i] - centre, dim=0) @ a.T).max()
+                                 for centre, a in anchors])                        # [C]
+            value = value[None].expand(len(key), -1).clone()                       # [len(word), C]
+            ctx.cache.put(("proximity", key), value)
+            known[key] = value
+    return RawScores(_place_words(batch, known, len(anchors), ctx.encoder.max_length))
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("algorithm1", algorithm1, "cos(T(w) − T(w∖j), Δ) of each word encoded alone (+ global if asked)",
            "Han et al., ICML 2025, Sec. 3.4 and Algorithm 1", calibrated=False),
@@ -306,6 +393,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("subspace", subspace, "||projection of DiffEmbed(w, j) on span(Δ, concept words)|| / ||DiffEmbed||",
            "SAFREE's toxic-concept subspace (Yoon et al., ICLR 2025, Sec. 3.1), spanned by Δ and the pairs' own "
            "words"),
+    Method("proximity", proximity, "max cos(P(w) − P̄, Δ pooled or a concept word's): the word's proximity "
+           "to the concept in the encoder's pooled (sentence-embedding) space",
+           "sentence-embedding similarity (Reimers & Gurevych, EMNLP 2019: mean pooling; CLIP's pooled "
+           "end-of-text state, Radford et al., ICML 2021); SAFREE's keyword proximity (Yoon et al., ICLR 2025)"),
 )}
 assert tuple(METHODS) == RELEVANCE_METHODS, "config.RELEVANCE_METHODS must list METHODS in order"
 
