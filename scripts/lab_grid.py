@@ -23,12 +23,12 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", default=["esd-none", "esd-ams", "uce-none", "uce-ams"])
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    from amsmooth.families import undefended
     from amsmooth.loading import load_pipeline
-    from amsmooth.pipeline import DefendedPipeline
     from amsmooth.prompts import read_prompt_csv
 
     plan = json.loads((args.table / "plan.json").read_text())
-    pipe = DefendedPipeline(load_pipeline("lab"))
+    pipe = undefended(load_pipeline("lab"))
     rows, labels = [], []
     for name in args.sets or ["train", "heldout"]:
         cases = [c for c in read_prompt_csv(_prompt_file(args.table, name, args.runs[0]))

@@ -8,7 +8,6 @@ import torch
 from amsmooth import AmsmoothError, SmoothingConfig
 from amsmooth.baselines.sld import SLD_PRESETS, SLDPipeline, sld_preset
 from amsmooth.eval.defenses import DefenseSpec
-from amsmooth.pipeline import DefendedPipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -61,18 +60,28 @@ def test_sld_keeps_the_pipelines_default_size(pipe, sld):
 
 
 def test_prompt_embeds_reproduce_plain_sld_exactly(sld, plain_sld):
-    """Through DefendedPipeline (ams=None) SLD receives the embeddings instead of the text: same bytes."""
-    out = DefendedPipeline(sld)(PROMPT, generator=seeded(), **KW).images
+    """Given the plain prompt's embeddings instead of the text (AMS's seam), SLD gives the same bytes."""
+    out = sld(prompt_embeds=_embeds(sld, PROMPT), negative_prompt_embeds=_embeds(sld, ""), generator=seeded(),
+              **KW).images
     assert np.array_equal(out, plain_sld)
 
 
-def test_ams_on_sld_sigma0_zero_is_plain_sld_and_noise_changes_it(sld, plain_sld, tiny_nudity):
-    zero = DefendedPipeline.from_pipeline(sld, [tiny_nudity], SmoothingConfig(sigma0=0.0, n=3))
+def _embeds(sld, prompt: str) -> torch.Tensor:
+    """The plain CLIP encoding ``[1, 77, D]`` of ``prompt``."""
+    ids = sld.tokenizer([prompt], padding="max_length", max_length=sld.tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return sld.text_encoder(ids)[0]
+
+
+def test_ams_on_sld_sigma0_zero_is_plain_sld_and_noise_changes_it(pipe, sld, plain_sld, tiny_nudity):
+    zero = SLDPipeline.from_pipeline(pipe, "sld-max", SmoothingConfig(sigma0=0.0, n=3), [tiny_nudity])
     assert np.array_equal(zero(PROMPT, generator=seeded(), **KW).images, plain_sld)
-    noisy = DefendedPipeline.from_pipeline(sld, [tiny_nudity], SmoothingConfig(sigma0=0.05, n=3))
+    noisy = SLDPipeline.from_pipeline(pipe, "sld-max", SmoothingConfig(sigma0=0.05, n=3), [tiny_nudity])
     out = noisy(PROMPT, generator=seeded(), **KW)
-    assert np.abs(out.images - plain_sld).max() > 1e-4 and out.relevance[0]["tokens"]
-    assert "_encode_prompt" not in vars(sld.safe)  # the wrap is removed after the call
+    assert np.abs(out.images - plain_sld).max() > 1e-4 and out.relevance[0]["tokens"] and out.defended
+    assert "_encode_prompt" not in vars(noisy.safe)  # the wrap is removed after the call
+    assert sld(PROMPT, generator=seeded(), **KW).defended is False
 
 
 def test_without_guidance_only_the_conditional_block_is_replaced(sld, pipe):
@@ -80,7 +89,7 @@ def test_without_guidance_only_the_conditional_block_is_replaced(sld, pipe):
     kw = {**KW, "guidance_scale": 1.0}
     with pytest.warns(UserWarning, match="Safety checker disabled"):
         plain = sld(PROMPT, generator=seeded(), **kw).images
-        via = DefendedPipeline(sld)(PROMPT, generator=seeded(), **kw).images
+        via = sld(prompt_embeds=_embeds(sld, PROMPT), generator=seeded(), **kw).images
     assert np.array_equal(plain, via)
 
 

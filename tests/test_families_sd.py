@@ -13,7 +13,9 @@ from amsmooth.families import (
     DefendedStableDiffusionInpaintPipeline,
     DefendedStableDiffusionPipeline,
     defend_pipeline,
+    undefended,
 )
+from amsmooth.families.mixin import smoothing_generators
 from amsmooth.families.registry import as_defended
 from amsmooth.pipeline import DefendedPipeline
 from amsmooth.smoothing import AdaptiveMedianSmoothing
@@ -46,7 +48,8 @@ def test_from_pipeline_picks_the_diffusers_class(pipe):
     dp = DefendedPipeline.from_pipeline(pipe, ["nudity"], SmoothingConfig(n=3))
     assert isinstance(dp, DefendedStableDiffusionPipeline) and dp.unet is pipe.unet
     assert dp.unet.config.sample_size == 32           # the shared U-Net's config is left as it was
-    assert isinstance(DefendedPipeline(pipe), DefendedPipeline)   # the undefended wrapper is unchanged
+    with pytest.raises(AmsmoothError, match="wrapper was removed"):   # the compatibility name builds nothing else
+        DefendedPipeline(pipe)
 
 
 @pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint"])
@@ -78,16 +81,29 @@ def test_noisy_path_reproduces_the_pipelines_encoding_with_zero_noise(pipe):
     assert noisy.shape == (6, 77, 32) and torch.equal(noisy, plain.repeat(3, 1, 1))   # chunked 4 + 2 rows
 
 
-def test_smoothing_equals_the_reference_wrapper_bytes(pipe, tiny_nudity):
+def _reference(pipe, ams: AdaptiveMedianSmoothing, prompts: list[str], **kw) -> tuple[np.ndarray, list[dict]]:
+    """The single-encoder AMS reference: h_0.5 = median of n noisy encodings (AdaptiveMedianSmoothing.smooth, its
+    noise from the generator derived from the image generator's seed), given to the plain pipeline as
+    prompt_embeds with the plainly encoded empty negative prompt. Images and relevance per prompt."""
+    batch = ams.encoder.tokenize(prompts)
+    with torch.no_grad():
+        rel = ams.scores(batch)
+        cond = ams.smooth(batch, rel.sigma, smoothing_generators(_g(), len(prompts)))
+        neg = ams.encoder.encode([""] * len(prompts))
+    images = pipe(prompt_embeds=cond, negative_prompt_embeds=neg, generator=_g(), **kw).images
+    return images, [ams.describe(batch, rel, b) for b in range(len(prompts))]
+
+
+def test_smoothing_equals_the_reference_bytes(pipe, tiny_nudity):
     """With noise, the diffusers class computes exactly what the single-encoder AMS reference computes."""
     cfg = SmoothingConfig(sigma0=0.05, n=5)
-    ref = DefendedPipeline(pipe, AdaptiveMedianSmoothing(DefendedPipeline(pipe).encoder, [tiny_nudity], cfg))
+    images, relevance = _reference(pipe, AdaptiveMedianSmoothing(undefended(pipe).encoder, [tiny_nudity], cfg),
+                                   PROMPTS, **KW)
     dp = as_defended(pipe).defend([tiny_nudity], cfg)
-    a = ref(PROMPTS, generator=_g(), **KW)
     b = dp(PROMPTS, generator=_g(), **KW)
-    assert np.array_equal(a.images, b.images)
+    assert np.array_equal(images, b.images)
     assert not np.array_equal(b.images, pipe(PROMPTS, generator=_g(), **KW).images)
-    assert [t["sigma"] for t in a.relevance[0]["tokens"]] == [t["sigma"] for t in b.relevance[0]["tokens"]]
+    assert [t["sigma"] for t in relevance[0]["tokens"]] == [t["sigma"] for t in b.relevance[0]["tokens"]]
     assert set(b.timings) == {"text_s", "denoise_decode_s", "total_s"}
 
 
@@ -183,6 +199,4 @@ def test_prompt_embeds_run_undefended_with_a_warning_and_a_record_or_are_refused
         strict(prompt_embeds=embeds, generator=_g(), **KW)
     assert strict(PROMPTS[0], generator=_g(), **KW).defended is True
     assert DefendedStableDiffusionPipeline.from_pipe(strict).refuse_undefended is True   # from_pipe keeps it
-    with pytest.raises(AmsmoothError, match="prompt_embeds is not supported"):    # the wrapper always refuses
-        DefendedPipeline(pipe)("a cat", prompt_embeds=embeds)
-    assert DefendedPipeline(pipe)("a cat", generator=_g(), **KW).defended is False  # the baseline says so
+    assert undefended(pipe)("a cat", generator=_g(), **KW).defended is False  # the baseline says so

@@ -271,15 +271,15 @@ def test_report_on_a_tampered_row_is_one_line_error(tmp_path, capsys, update):
     assert "is damaged" in one_line_error(capsys)
 
 
-def test_defended_pipeline_refuses_clip_skip_instead_of_ignoring_it():
+def test_sld_refuses_clip_skip_instead_of_ignoring_it():
     import torch
 
-    from amsmooth.pipeline import DefendedPipeline
+    from amsmooth.baselines.sld import SLDPipeline
     from amsmooth.tiny import tiny_pipeline
 
-    dp = DefendedPipeline(tiny_pipeline())   # the wrapper (from_pipeline now gives the diffusers-class defense,
-    with pytest.raises(AmsmoothError, match="clip_skip is not supported"):   # which passes clip_skip on)
-        dp("a cat", clip_skip=1, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    sld = SLDPipeline.from_pipeline(tiny_pipeline(), "sld-max")   # the family classes pass clip_skip on
+    with pytest.raises(AmsmoothError, match="clip_skip is not supported"):
+        sld("a cat", clip_skip=1, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
 
 
 def _jobs(*cases: str):

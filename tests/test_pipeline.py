@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from amsmooth import AmsmoothError, SmoothingConfig
-from amsmooth.pipeline import DefendedPipeline, derive_generator, unet_median_smoothing
+from amsmooth.families import defend_pipeline, undefended
+from amsmooth.families.mixin import derive_generator
+from amsmooth.families.unet_stage import unet_median_smoothing
 from amsmooth.tiny import tiny_pipeline
 
 KW = dict(num_inference_steps=2, guidance_scale=7.5, output_type="np", height=64, width=64)
@@ -23,8 +25,8 @@ def _g(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _defended(pipe, stage: str = "text", **cfg) -> DefendedPipeline:
-    return DefendedPipeline.from_pipeline(pipe, ["nudity"], SmoothingConfig(**cfg), stage=stage)
+def _defended(pipe, stage: str = "text", **cfg):
+    return defend_pipeline(pipe, ["nudity"], SmoothingConfig(**cfg), stage=stage)
 
 
 @pytest.mark.parametrize("stage", ["text", "unet"])
@@ -35,9 +37,9 @@ def test_sigma0_zero_reproduces_undefended_pipeline_exactly(pipe, stage):
     assert out.images.shape == (4, 64, 64, 3) and np.array_equal(out.images, ref)
 
 
-def test_undefended_wrapper_is_the_pipeline(pipe):
+def test_undefended_baseline_is_the_pipeline(pipe):
     ref = pipe(PROMPTS[0], generator=_g(3), **KW).images
-    assert np.array_equal(DefendedPipeline(pipe)(PROMPTS[0], generator=_g(3), **KW).images, ref)
+    assert np.array_equal(undefended(pipe)(PROMPTS[0], generator=_g(3), **KW).images, ref)
 
 
 def test_seeded_runs_are_byte_identical_and_defense_changes_images(pipe):

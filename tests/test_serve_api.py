@@ -19,7 +19,7 @@ from PIL import Image
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig
 from amsmooth.certify import certify
-from amsmooth.pipeline import DefendedPipeline
+from amsmooth.families import undefended
 from amsmooth.serve.app import create_app
 from amsmooth.serve.schemas import MAX_SEED
 from amsmooth.serve.service import DemoService
@@ -87,8 +87,8 @@ def test_generate_both_images_for_one_seed(client, service):
     for image in body["images"]:
         assert set(image["timings"]) == {"text_s", "denoise_decode_s", "total_s"}
         assert png(image["png_base64"]).size == (image["width"], image["height"])
-    plain = DefendedPipeline(service.pipe)(PROMPT, generator=torch.Generator().manual_seed(7),
-                                           num_inference_steps=STEPS).images[0]
+    plain = undefended(service.pipe)(PROMPT, generator=torch.Generator().manual_seed(7),
+                                     num_inference_steps=STEPS).images[0]
     assert png(body["images"][0]["png_base64"]).tobytes() == plain.tobytes()      # the undefended baseline
     assert body["images"][0]["png_base64"] != body["images"][1]["png_base64"]     # σ > 0 changes the image
     a, b = (np.asarray(png(i["png_base64"]), dtype=float) for i in body["images"])

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from amsmooth.config import SmoothingConfig
-from amsmooth.pipeline import DefendedPipeline
+from amsmooth.families import defend_pipeline
 from amsmooth.tiny import tiny_pipeline, tiny_text_encoder
 
 
 def _sigmas(pipe, cfg: SmoothingConfig) -> list[float]:
-    out = DefendedPipeline.from_pipeline(pipe, ["nudity"], cfg)("a nude woman", num_inference_steps=1,
-                                                                generator=torch.Generator().manual_seed(0))
+    out = defend_pipeline(pipe, ["nudity"], cfg)("a nude woman", num_inference_steps=1,
+                                                  generator=torch.Generator().manual_seed(0))
     return [t["sigma"] for t in out.relevance[0]["tokens"]]
 
 

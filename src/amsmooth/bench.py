@@ -217,13 +217,13 @@ def end_to_end(components: dict, concept: Concept, size: int, steps: int, device
     from .baselines.safree import SafreeConfig
     from .baselines.safree_pipeline import SafreePipeline
     from .baselines.sld import SLDPipeline
+    from .families import defend_pipeline
     from .loading import assemble_pipeline
-    from .pipeline import DefendedPipeline
 
     pipe = assemble_pipeline(StableDiffusionPipeline, components)
     sld = SLDPipeline.from_pipeline(pipe, "sld-medium")
     kw = dict(num_inference_steps=steps, height=size, width=size, output_type="np")
-    defended = DefendedPipeline.from_pipeline(pipe, [concept], SmoothingConfig())
+    defended = defend_pipeline(pipe, [concept], SmoothingConfig())
     safree = {name: SafreePipeline.from_pipeline(pipe, SafreeConfig(lra=lra), ams)
               for name, lra, ams in (("SAFREE", False, None), ("SAFREE + latent re-attention", True, None),
                                      ("SAFREE + AMS", False, SmoothingConfig(concepts=(concept,))))}
@@ -358,13 +358,12 @@ def batching_speedup(model: str = "lab", prompts: int = 16, batch_sizes: tuple[i
     import numpy as np
 
     from .batching import per_prompt_small_gemms
-    from .families import undefended
+    from .families import defend_pipeline, undefended
     from .loading import default_steps, load_pipeline
-    from .pipeline import DefendedPipeline
 
     steps = steps or default_steps(model)
     pipe = load_pipeline(model)
-    dp = DefendedPipeline.from_pipeline(pipe) if defense == "ams" else undefended(pipe)
+    dp = defend_pipeline(pipe) if defense == "ams" else undefended(pipe)
     texts = (BATCH_PROMPTS * (prompts // len(BATCH_PROMPTS) + 1))[:prompts]
     images: dict[int, np.ndarray] = {}
     out: dict[str, Any] = {"model": model, "defense": defense, "prompts": prompts, "steps": steps,

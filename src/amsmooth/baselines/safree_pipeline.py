@@ -24,9 +24,8 @@ import torch
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
 from ..families import defend_pipeline, family_of
-from ..families.mixin import DefendedMixin
+from ..families.mixin import DefendedMixin, execution_device
 from ..families.registry import as_defended
-from ..pipeline import execution_device
 from .safree import SafreeConfig, low_frequency_filter
 from .safree_text import TARGET, PromptFilter, SafreeText
 
@@ -55,7 +54,7 @@ class _CallState:
 
 
 class SafreePipeline:
-    """SAFREE around a family pipeline (AMS-defended or not); callable like :class:`amsmooth.pipeline.DefendedPipeline`.
+    """SAFREE around a family pipeline (AMS-defended or not); callable like the family pipeline.
 
     ``pipe``: an amsmooth family pipeline (``amsmooth.families``); use :meth:`from_pipeline` for a plain one."""
 

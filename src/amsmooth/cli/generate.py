@@ -49,10 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def build_defended(args: argparse.Namespace, img2img: bool = False):  # noqa: ANN201 - DefendedPipeline
-    """Load the pipeline (+ U-Net / text-encoder replacements) and wrap it with the chosen defense."""
-    from ..families import undefended
-    from ..pipeline import DefendedPipeline
+def build_defended(args: argparse.Namespace, img2img: bool = False):  # noqa: ANN201 - a family pipeline
+    """Load the pipeline (+ U-Net / text-encoder replacements) and give it the chosen defense."""
+    from ..families import defend_pipeline, undefended
 
     pipe = load_model(args, img2img=img2img)
     if args.defense == "none":
@@ -63,7 +62,7 @@ def build_defended(args: argparse.Namespace, img2img: bool = False):  # noqa: AN
         config = smoothing_config(args) if args.ams else None
         return SafreePipeline.from_pipeline(pipe, safree_config(args), config), config
     config = smoothing_config(args)
-    return DefendedPipeline.from_pipeline(pipe, config.concepts, config, stage=args.smoothing_stage), config
+    return defend_pipeline(pipe, config.concepts, config, stage=args.smoothing_stage), config
 
 
 def check_defense_options(args: argparse.Namespace) -> None:

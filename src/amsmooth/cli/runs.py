@@ -14,18 +14,18 @@ from ..errors import AmsmoothError
 from ..eval.defenses import DEFENSES, Defense, DefenseSpec
 from ..eval.runner import GenerationSettings, Job, RunStats, Shard, load_prompt_sets, make_jobs, process_shard
 from ..eval.store import ResultStore
+from ..families.unet_stage import STAGES
 from ..io import check_writable_dir
 from ..model_relevance import attach_model_aware
-from ..pipeline import STAGES
 from .common import (
-                     SAFREE_OPTIONS,
-                     SMOOTHING_OPTIONS,
-                     add_concept_args,
-                     add_safree_args,
-                     add_smoothing_args,
-                     safree_config,
-                     smoothing_config,
-                     smoothing_flags_text,
+    SAFREE_OPTIONS,
+    SMOOTHING_OPTIONS,
+    add_concept_args,
+    add_safree_args,
+    add_smoothing_args,
+    safree_config,
+    smoothing_config,
+    smoothing_flags_text,
 )
 from .model_options import generation_settings, load_model, resolve_dtype, validate_generation
 

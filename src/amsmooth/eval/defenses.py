@@ -25,9 +25,9 @@ from ..baselines.sld import SLD_PRESETS, SLDPipeline, sld_preset
 from ..batching import per_prompt_small_gemms
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
-from ..families import undefended
+from ..families import defend_pipeline, undefended
+from ..families.unet_stage import STAGES
 from ..model_relevance import model_aware_settings
-from ..pipeline import STAGES, DefendedPipeline
 
 DEFENSES = ("none", "ams", "blacklist", "posi", *SLD_PRESETS, "safree")
 PERFORMANCE_KNOBS = ("max_batch", "cache_size")  # change speed and memory, never the images
@@ -127,9 +127,10 @@ class DefenseSpec:
         if self.safree is not None:
             safree = SafreePipeline.from_pipeline(pipe, self.safree, self.ams)
             return Defense(self, safree, {**settings, **safree.settings()}, rewriter)
-        target = SLDPipeline.from_pipeline(pipe, self.base) if self.base in SLD_PRESETS else pipe
-        defended = (undefended(target) if self.ams is None else
-                    DefendedPipeline.from_pipeline(target, self.ams.concepts, self.ams, self.stage))
+        if self.base in SLD_PRESETS:
+            return Defense(self, SLDPipeline.from_pipeline(pipe, self.base, self.ams), settings, rewriter)
+        defended = (undefended(pipe) if self.ams is None else
+                    defend_pipeline(pipe, self.ams.concepts, self.ams, self.stage))
         return Defense(self, defended, settings, rewriter)
 
 
@@ -147,7 +148,7 @@ class Defense:
     """A built defense: optional prompt rewriting, then (AMS-)defended generation."""
 
     spec: DefenseSpec
-    pipeline: DefendedPipeline | SafreePipeline
+    pipeline: Any    # a family pipeline (amsmooth.families), SLDPipeline or SafreePipeline
     settings: dict[str, Any]
     rewrite: Callable[[str], str] | None = None
 

@@ -78,6 +78,18 @@ class FamilyDefense:
         per = {v.slot.name: [resolve_bundle(c, v) for c in concepts] for v in views}
         return cls(views, per, config)
 
+    @classmethod
+    def from_smoothing(cls, views: Sequence[EncoderView], smoothings: Sequence[AdaptiveMedianSmoothing]
+                       ) -> FamilyDefense:
+        """A defense from ready :class:`AdaptiveMedianSmoothing` objects, one per view in order (their caches and
+        prepared method state are kept: the server shares them across requests). All share one config."""
+        if not views or len(views) != len(smoothings):
+            raise AmsmoothError(f"{len(smoothings)} smoothings for {len(views)} text encoders; give one each")
+        defense = cls.__new__(cls)
+        defense.views, defense.config = list(views), smoothings[0].config
+        defense.ams = {v.slot.name: a for v, a in zip(views, smoothings, strict=True)}
+        return defense
+
     @property
     def names(self) -> list[str]:
         return [v.slot.name for v in self.views]

@@ -30,14 +30,48 @@ import torch
 from ..concepts import Concept
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
-from ..pipeline import STAGES, derive_generator, smoothing_generators, unet_median_smoothing
 from ..smoothing import median_smooth
 from .defense import FamilyDefense, Plan
+from .unet_stage import STAGES, unet_median_smoothing
 from .views import EncoderSlot, EncoderView
 
 
+def execution_device(pipe: Any) -> torch.device:
+    """The device ``pipe``'s models compute on (where latents and prompt embeddings must be created).
+
+    diffusers has no public name for it: ``DiffusionPipeline._execution_device``, the property diffusers' own
+    ``__call__`` uses, follows CPU and group offloading, where the public ``pipe.device`` says cpu. This is the one
+    place amsmooth reads it from outside a pipeline class; pipelines without it answer ``pipe.device``.
+    """
+    if hasattr(pipe, "_execution_device"):
+        return pipe._execution_device
+    return pipe.device
+
+
+def derive_generator(generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Generator | None:
+    """The smoothing noise's own CPU generator, seeded from the image generator's seed (so the image latents are
+    drawn exactly as without the defense)."""
+    g = generator[0] if isinstance(generator, (list, tuple)) else generator
+    if g is None:
+        return None
+    return torch.Generator().manual_seed((g.initial_seed() ^ 0x5EED5EED) & (2**63 - 1))
+
+
+def smoothing_generators(generator: torch.Generator | Sequence[torch.Generator] | None, prompts: int
+                         ) -> torch.Generator | list[torch.Generator] | None:
+    """Per-prompt smoothing generators from the image generators: a list of ``prompts × K`` image generators (one
+    per image, as diffusers takes them) gives prompt b the generator derived from its first image's; one image
+    generator gives one derived generator (every prompt then draws as if alone with it)."""
+    if not isinstance(generator, (list, tuple)):
+        return derive_generator(generator)
+    if len(generator) % prompts:
+        raise AmsmoothError(f"{len(generator)} generators for {prompts} prompts; give one, or one per image")
+    per = len(generator) // prompts
+    return [derive_generator(generator[b * per]) for b in range(prompts)]
+
+
 @dataclass
-class _CallState:
+class CallState:
     """What one ``__call__`` shares with the ``encode_prompt`` it triggers."""
 
     generator: torch.Generator | None
@@ -56,7 +90,8 @@ def _smoothing_generators(generator: Any, prompt: Any) -> torch.Generator | list
     return derive_generator(generator)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a wall-clock timing covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -85,7 +120,7 @@ class DefendedMixin:
     _ams: FamilyDefense | None = None
     _ams_stage: str = "text"
     _ams_spec: tuple | None = None
-    _ams_call: _CallState | None = None
+    _ams_call: CallState | None = None
     _warned_undefended: bool = False
     refuse_undefended: bool = False
     last_defense: dict | None = None
@@ -96,16 +131,30 @@ class DefendedMixin:
         """Defend this pipeline against ``concepts`` (built-in names, pairs CSVs, concept/bundle files); returns
         self. Directions and relevance use the text encoders as they are now (load LoRAs first). ``strict``:
         refuse a call the defense cannot act on (``prompt_embeds``) instead of running it undefended."""
+        self._check_stage(stage)
+        config = config or SmoothingConfig()
+        defense = FamilyDefense.build(self.encoder_views(), list(concepts) or list(config.concepts), config)
+        return self.use_defense(defense, stage, strict, concepts)
+
+    def use_defense(self, defense: FamilyDefense, stage: str = "text", strict: bool = False,
+                    concepts: Sequence[str | Concept] | None = None) -> DefendedMixin:
+        """Defend with a ready :class:`FamilyDefense` over this pipeline's encoders (e.g.
+        :meth:`FamilyDefense.from_smoothing`: a server's smoothing with its caches); returns self. ``concepts``:
+        what ``from_pipe`` re-resolves for a pipeline with other encoders (default the defense's own)."""
+        self._check_stage(stage)
+        if concepts is None:
+            concepts = next(iter(defense.ams.values())).concepts
+        self._ams, self._ams_stage = defense, stage
+        self._ams_spec = (tuple(concepts), defense.config, stage, strict)
+        self.refuse_undefended = strict
+        return self
+
+    def _check_stage(self, stage: str) -> None:
         if stage not in STAGES:
             raise AmsmoothError(f"unknown smoothing stage {stage!r}; choose one of {', '.join(STAGES)}")
         if stage == "unet" and not self.UNET_STAGE:
             raise AmsmoothError(f"--smoothing-stage unet is implemented for SD 1.x/2.x U-Nets only, not "
                                 f"{type(self).__name__}")
-        config = config or SmoothingConfig()
-        defense = FamilyDefense.build(self.encoder_views(), list(concepts) or list(config.concepts), config)
-        self._ams, self._ams_stage, self._ams_spec = defense, stage, (tuple(concepts), config, stage, strict)
-        self.refuse_undefended = strict
-        return self
 
     def undefend(self) -> DefendedMixin:
         """Remove the defense: the pipeline runs exactly as its diffusers class."""
@@ -161,17 +210,17 @@ class DefendedMixin:
             warnings.warn(UndefendedCall(f"{type(self).__name__} called with prompt_embeds runs UNDEFENDED: "
                                          f"{BYPASS} (defend(..., strict=True) refuses such calls); said once per "
                                          "pipeline, each output records defended=False"), stacklevel=2)
-        state = _CallState(smoothing_generator or _smoothing_generators(bound.get("generator"), prompt))
+        state = CallState(smoothing_generator or _smoothing_generators(bound.get("generator"), prompt))
         device = self._execution_device  # type: ignore[attr-defined]
         self._ams_call = state
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         try:
             with state.stack:
                 out = base(*args, **kwargs)
         finally:
             self._ams_call = None
-        _sync(device)
+        sync(device)
         total = time.perf_counter() - t0
         timings = {"text_s": state.text_s, "denoise_decode_s": total - state.text_s, "total_s": total}
         defended = self._ams is not None and not bypassed
@@ -198,7 +247,7 @@ class DefendedMixin:
         if state is not None:
             state.encoded = True
         device = self._execution_device  # type: ignore[attr-defined]
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         prompts = [a["prompt"]] if isinstance(a["prompt"], str) else list(a["prompt"])
         if not prompts:
@@ -214,7 +263,7 @@ class DefendedMixin:
             n, B = self._ams.config.n, len(prompts)
             med = {name: median_smooth(t.reshape(n, B, *t.shape[1:])) for name, t in noisy.items()}
             out = base(**{**a, **med})
-        _sync(device)
+        sync(device)
         if state is not None:
             state.relevance = self._ams.report(plan)
             state.text_s = time.perf_counter() - t0

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..concepts import Concept
 from ..config import SmoothingConfig
+from ..errors import AmsmoothError
 from .mixin import DefendedMixin
 
 
@@ -83,14 +84,14 @@ def defend_pipeline(pipe: Any, concepts: Sequence[str | Concept] = ("nudity",),
 
 
 def undefended(pipe: Any) -> Any:
-    """The ``--defense none`` baseline through the same code: SD 1.x/2.x (and SLD) keep
-    :class:`amsmooth.pipeline.DefendedPipeline` without smoothing; SDXL/SD3/Flux get their family class without a
-    defense (it still reports ``timings``)."""
-    from ..pipeline import DefendedPipeline
-
-    if family_of(pipe) in (None, "sd"):
-        return DefendedPipeline(pipe)
-    return pipe.undefend() if isinstance(pipe, DefendedMixin) else as_defended(pipe)
+    """The ``--defense none`` baseline through the same code: the family class of ``pipe`` without a defense (it
+    still reports ``timings``, ``relevance`` = [] and ``defended`` = False)."""
+    if isinstance(pipe, DefendedMixin):
+        return pipe.undefend()
+    if defended_class(pipe) is None:
+        raise AmsmoothError(f"{type(pipe).__name__} is not a diffusers SD 1.x/2.x, SDXL, SD3 or Flux pipeline "
+                            "(SLD: amsmooth.baselines.sld.SLDPipeline runs undefended by itself)")
+    return as_defended(pipe)
 
 
 def family_slots(family: str) -> tuple:

@@ -5,7 +5,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
 from ..smoothing import AdaptiveMedianSmoothing
-from .mixin import DefendedMixin
+from .mixin import CallState, DefendedMixin
 from .views import EncoderSlot, EncoderView
 
 SD_SLOTS = (EncoderSlot("clip", "text_encoder", "tokenizer", "prompt", "last"),)
@@ -16,7 +16,7 @@ class _SDFamily(DefendedMixin):
     OUTPUTS = {0: "prompt_embeds"}
     UNET_STAGE = True
 
-    # single-encoder conveniences, as amsmooth.pipeline.DefendedPipeline offers them
+    # single-encoder conveniences (encoder, ams, conditioning): SLD and the tests read them
     @property
     def encoder(self) -> EncoderView:
         """The text encoder as AMS sees it (tokenize / encode ``[B, 77, D]``)."""
@@ -31,9 +31,7 @@ class _SDFamily(DefendedMixin):
                      smoothing_generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, list[dict],
                                                                             None]:
         """(cond ``[B, 77, D]``, negative ``[B, 77, D]``, relevance per prompt, None) — text stage."""
-        from .mixin import _CallState
-
-        self._ams_call = _CallState(smoothing_generator)
+        self._ams_call = CallState(smoothing_generator)
         try:
             cond, neg = self.encode_prompt(list(prompts), self._execution_device, 1, True, list(negative))
             return cond, neg, self._ams_call.relevance, None

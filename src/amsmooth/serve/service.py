@@ -1,5 +1,6 @@
 """The model-facing work behind the API, done through the library: relevance (AdaptiveMedianSmoothing),
-undefended vs defended images (DefendedPipeline, same seed) and the certificate (amsmooth.certify).
+undefended vs defended images (the SD family class of amsmooth.families, same seed) and the certificate
+(amsmooth.certify).
 
 Not thread-safe by design: the server runs every call on its single worker thread (``worker.WorkQueue``).
 """
@@ -20,7 +21,8 @@ from ..concepts import BUILTIN, Concept, resolve_concept
 from ..config import SmoothingConfig
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
-from ..pipeline import DefendedPipeline
+from ..families import FamilyDefense, undefended
+from ..families.registry import as_defended
 from ..relevance import WordCache, is_high
 from ..smoothing import AdaptiveMedianSmoothing
 
@@ -84,6 +86,7 @@ class DemoService:
                  steps: int = 25, guidance: float = 7.5) -> None:
         self.pipe = pipe
         self.model, self.unet, self.steps, self.guidance = model, unet, steps, guidance
+        self.plain, self.defended = undefended(pipe), as_defended(pipe)    # family classes sharing pipe's modules
         self.encoder = TextEncoder(pipe.text_encoder, pipe.tokenizer, name=type(pipe.text_encoder).__name__)
         self._concepts: dict[str, Concept] = {}
         names = []
@@ -151,7 +154,8 @@ class DemoService:
         images, pil, relevance = [], [], {}
         try:
             for name in runs:
-                dp = DefendedPipeline(self.pipe, self.smoothing(config) if name == "ams" else None)
+                dp = self.plain if name == "none" else self.defended.use_defense(
+                    FamilyDefense.from_smoothing(self.defended.encoder_views(), [self.smoothing(config)]))
                 out = dp(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
                          guidance_scale=guidance, callback_on_step_end=self._step)
                 image = out.images[0]
