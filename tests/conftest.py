@@ -21,7 +21,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_encoder() -> TextEncoder:
-    from amsmooth.tiny import tiny_text_encoder
+    from amsmooth.models.tiny import tiny_text_encoder
 
     return tiny_text_encoder()
 
@@ -65,7 +65,7 @@ def tiny_clip_dir(tmp_path_factory):
     it) saved with its processor (real CLIP tokenizer)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from amsmooth.tiny import tiny_tokenizer
+    from amsmooth.models.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
     small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)

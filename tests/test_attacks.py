@@ -227,7 +227,7 @@ def test_attack_registry_and_unknown_names():
 
 
 def test_concept_for_another_encoder_is_refused(tiny_nudity, vocab):
-    from amsmooth.tiny import tiny_text_encoder
+    from amsmooth.models.tiny import tiny_text_encoder
 
     other = tiny_text_encoder(seed=1)
     with pytest.raises(AmsmoothError, match="was built for"):

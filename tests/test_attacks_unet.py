@@ -26,7 +26,7 @@ SMALL = dict(height=64, width=64, target_steps=2, eval_timesteps=2)
 
 @pytest.fixture(scope="module")
 def pipe(single_thread):
-    from amsmooth.tiny import tiny_pipeline
+    from amsmooth.models.tiny import tiny_pipeline
 
     return tiny_pipeline()
 

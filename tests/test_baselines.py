@@ -83,7 +83,7 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     """A random 1-layer GPT-2 with the real CLIP BPE tokenizer, saved as a local transformers folder."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from amsmooth.tiny import tiny_tokenizer
+    from amsmooth.models.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=16, n_layer=1, n_head=2,

@@ -30,7 +30,7 @@ def test_safree_text_time_runs_on_the_tiny_components():
     import torch
 
     from amsmooth.bench import safree_text_time
-    from amsmooth.tiny import tiny_components
+    from amsmooth.models.tiny import tiny_components
 
     assert safree_text_time(tiny_components(), torch.device("cpu")) > 0
 
@@ -47,7 +47,7 @@ def test_report_prints_projected_line():
 
 def test_profile_shows_the_text_stage_ops():
     from amsmooth.bench import profile_text_stage
-    from amsmooth.tiny import tiny_text_encoder
+    from amsmooth.models.tiny import tiny_text_encoder
 
     table = profile_text_stage(tiny_text_encoder(), n=3)
     for op in ("aten::addmm", "aten::median", "Self CPU time total"):   # encoder matmuls, the median, the total

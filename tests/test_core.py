@@ -239,7 +239,7 @@ def test_concept_roundtrip_and_wrong_encoder(tmp_path, tiny_encoder, tiny_nudity
     tiny_nudity.save(path)
     loaded = Concept.load(path, tiny_encoder)
     assert torch.equal(loaded.direction, tiny_nudity.direction) and loaded.pairs_count == 79
-    from amsmooth.tiny import tiny_text_encoder
+    from amsmooth.models.tiny import tiny_text_encoder
 
     other = tiny_text_encoder(seed=1)
     with pytest.raises(AmsmoothError, match="built for clip_text_model.*encoder in use is clip_text_model"):

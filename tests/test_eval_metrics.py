@@ -118,7 +118,7 @@ def test_fid_folder_errors(tmp_path):
 def tiny_clip():
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from amsmooth.tiny import tiny_tokenizer
+    from amsmooth.models.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
     cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,

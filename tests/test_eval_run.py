@@ -62,7 +62,7 @@ def test_every_defense_end_to_end(tmp_path, prompts, capsys, defense, name, sett
 
 def test_images_follow_the_data_contract(tmp_path, prompts):
     """An eval image is exactly the pipeline's image for the case's own seed and guidance."""
-    from amsmooth.tiny import tiny_pipeline
+    from amsmooth.models.tiny import tiny_pipeline
 
     run = tmp_path / "run"
     assert main(["eval", *FAST, "--defense", "none", "--prompts", str(prompts), "--out", str(run)]) == 0

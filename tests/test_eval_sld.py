@@ -17,7 +17,7 @@ PROMPT = "a nude woman on the beach"
 
 @pytest.fixture(scope="module")
 def pipe():
-    from amsmooth.tiny import tiny_pipeline
+    from amsmooth.models.tiny import tiny_pipeline
 
     return tiny_pipeline()
 

@@ -91,7 +91,7 @@ def test_utility_bad_reference(tmp_path, coco, capsys):
 def test_reference_model_gives_the_papers_fid_against_the_original_model(tmp_path, coco):
     """The unlearned model (--unet: another U-Net) against the original model's images: FID > 0, where
     --reference-defense none (the unlearned model against itself) gives 0."""
-    from amsmooth.tiny import tiny_components
+    from amsmooth.models.tiny import tiny_components
 
     unet = tmp_path / "unlearned-unet"
     tiny_components(seed=1)["unet"].save_pretrained(unet)

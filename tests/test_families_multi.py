@@ -12,7 +12,7 @@ from PIL import Image
 from amsmooth import AmsmoothError, SmoothingConfig
 from amsmooth.families import ConceptBundle, defend_pipeline
 from amsmooth.families.registry import as_defended
-from amsmooth.families.tiny import tiny_family_components, tiny_family_pipeline
+from amsmooth.models.tiny import tiny_family_components, tiny_family_pipeline
 
 FAMILIES = ["tiny-sdxl", "tiny-sd3", "tiny-flux"]
 KW = dict(num_inference_steps=2, output_type="np")
@@ -39,7 +39,7 @@ def _extra(kind: str) -> dict:
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint"])
 def test_sigma0_zero_reproduces_each_pipeline_exactly(pipes, name, kind):
-    from amsmooth.families.loading import pipeline_class
+    from amsmooth.models.load import pipeline_class
 
     base = pipes[name] if kind == "txt2img" else as_defended(pipes[name], pipeline_class(
         {"tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}[name], kind))

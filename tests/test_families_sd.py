@@ -17,9 +17,9 @@ from amsmooth.families import (
 )
 from amsmooth.families.mixin import smoothing_generators
 from amsmooth.families.registry import as_defended
+from amsmooth.models.tiny import tiny_pipeline
 from amsmooth.pipeline import DefendedPipeline
 from amsmooth.smoothing import AdaptiveMedianSmoothing
-from amsmooth.tiny import tiny_pipeline
 
 KW = dict(num_inference_steps=2, guidance_scale=7.5, output_type="np")
 PROMPTS = ["a nude woman on a beach", "a cat"]

@@ -193,7 +193,7 @@ def test_pairs_csv_with_a_utf8_bom_is_read(tmp_path):
 def test_a_concept_is_refused_for_an_encoder_with_other_layers_but_the_same_embeddings(tiny_nudity):
     import torch
 
-    from amsmooth.tiny import tiny_text_encoder
+    from amsmooth.models.tiny import tiny_text_encoder
 
     same, tuned = tiny_text_encoder(), tiny_text_encoder()
     with torch.no_grad():
@@ -275,7 +275,7 @@ def test_sld_refuses_clip_skip_instead_of_ignoring_it():
     import torch
 
     from amsmooth.baselines.sld import SLDPipeline
-    from amsmooth.tiny import tiny_pipeline
+    from amsmooth.models.tiny import tiny_pipeline
 
     sld = SLDPipeline.from_pipeline(tiny_pipeline(), "sld-max")   # the family classes pass clip_skip on
     with pytest.raises(AmsmoothError, match="clip_skip is not supported"):

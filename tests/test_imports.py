@@ -34,25 +34,25 @@ def _amsmooth_imports(rel: str) -> set[str]:
     return {m for m in _imports_of(SRC / rel, ["amsmooth", *Path(rel).parent.parts]) if m.startswith("amsmooth")}
 
 
-def test_tiny_does_not_import_loading() -> None:
-    assert "amsmooth.loading" not in _amsmooth_imports("tiny.py")
-    assert "amsmooth.tiny" in _amsmooth_imports("loading.py")  # the one direction left
+def test_tiny_does_not_import_the_loader() -> None:
+    assert "amsmooth.models.load" not in _amsmooth_imports("models/tiny.py")
+    assert "amsmooth.models.tiny" in _amsmooth_imports("models/load.py")  # the one direction
 
 
-def test_family_loader_does_not_import_the_sd_loader() -> None:
-    """The weight helpers both loaders need live in amsmooth.weights; only loading → families.loading is left."""
-    assert "amsmooth.loading" not in _amsmooth_imports("families/loading.py")
-    assert "amsmooth.weights" in _amsmooth_imports("families/loading.py")
-    assert "amsmooth.loading" not in _amsmooth_imports("weights.py")
+def test_the_loader_does_not_import_what_it_loads() -> None:
+    """One loader for every family; named models it does not build itself (the lab's) come from the registry."""
+    assert not any(m.startswith("amsmooth.lab") for m in _amsmooth_imports("models/load.py"))
+    assert "amsmooth.models.registry" in _amsmooth_imports("models/load.py")
+    assert "amsmooth.models.load" not in _amsmooth_imports("models/weights.py")
 
 
 def test_assembly_and_hub_are_leaves() -> None:
-    assert _amsmooth_imports("assembly.py") == set()
-    assert _amsmooth_imports("hub.py") == {"amsmooth.errors"}
+    assert _amsmooth_imports("models/assembly.py") == set()
+    assert _amsmooth_imports("models/hub.py") == {"amsmooth.errors"}
 
 
 # private names one module still takes from a sibling of its own subpackage (package-internal, not API)
-_PRIVATE_IMPORTS_ALLOWED = {("families/sd.py", "_CallState"), ("lab/report.py", "_rows")}
+_PRIVATE_IMPORTS_ALLOWED = {("lab/report.py", "_rows")}
 
 
 def test_no_private_names_imported_across_modules() -> None:

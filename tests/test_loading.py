@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from amsmooth.errors import AmsmoothError
 from amsmooth.loading import load_pipeline, load_text_encoder_weights, load_unet_weights, resolve_device
-from amsmooth.tiny import tiny_clip_text_model, tiny_components, tiny_pipeline
+from amsmooth.models.tiny import tiny_clip_text_model, tiny_components, tiny_pipeline
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -354,8 +354,8 @@ def test_resolve_device():
 
 def test_hub_offline_one_rule_for_every_loader(monkeypatch):
     from amsmooth import encoders, loading
-    from amsmooth.families import loading as family_loading
-    from amsmooth.hub import hub_offline
+    from amsmooth.models import load as family_loading
+    from amsmooth.models.hub import hub_offline
 
     assert hub_offline(True) is True and hub_offline(False) is False  # an explicit choice wins
     for value in ("1", "true", "YES", "on"):

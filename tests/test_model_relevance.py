@@ -13,7 +13,7 @@ shipped = pytest.mark.skipif(not (lab_dir() / "unet" / "diffusion_pytorch_model.
 
 def test_probes_are_seeded_and_epsilon_is_batched_per_condition() -> None:
     from amsmooth.model_relevance import epsilon, make_probes
-    from amsmooth.tiny import tiny_pipeline
+    from amsmooth.models.tiny import tiny_pipeline
 
     a = make_probes((4, 8, 8), (10, 500), 2, torch.Generator().manual_seed(3))
     b = make_probes((4, 8, 8), (10, 500), 2, torch.Generator().manual_seed(3))

@@ -10,7 +10,7 @@ from amsmooth import AmsmoothError, SmoothingConfig
 from amsmooth.families import defend_pipeline, undefended
 from amsmooth.families.mixin import derive_generator
 from amsmooth.families.unet_stage import unet_median_smoothing
-from amsmooth.tiny import tiny_pipeline
+from amsmooth.models.tiny import tiny_pipeline
 
 KW = dict(num_inference_steps=2, guidance_scale=7.5, output_type="np", height=64, width=64)
 PROMPTS = ["a nude woman on a beach", "a cat"]

@@ -22,7 +22,7 @@ from amsmooth.baselines.safree import (
 )
 from amsmooth.baselines.safree_pipeline import SafreePipeline
 from amsmooth.eval.defenses import DefenseSpec
-from amsmooth.families.tiny import tiny_family_pipeline
+from amsmooth.models.tiny import tiny_family_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,7 +44,7 @@ def lab():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from amsmooth.tiny import tiny_pipeline
+    from amsmooth.models.tiny import tiny_pipeline
 
     pipe = tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)

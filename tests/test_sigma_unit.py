@@ -8,7 +8,7 @@ import torch
 
 from amsmooth.config import SmoothingConfig
 from amsmooth.families import defend_pipeline
-from amsmooth.tiny import tiny_pipeline, tiny_text_encoder
+from amsmooth.models.tiny import tiny_pipeline, tiny_text_encoder
 
 
 def _sigmas(pipe, cfg: SmoothingConfig) -> list[float]:

@@ -44,7 +44,7 @@ def build_sd15(device: torch.device, dtype: torch.dtype, seed: int = 0,
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tiny import tiny_tokenizer
+    from .models.tiny import tiny_tokenizer
 
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -169,7 +169,7 @@ def safree_text_time(components: dict[str, Any], device: torch.device) -> float:
 
     from .baselines.safree import SafreeConfig
     from .baselines.safree_pipeline import SafreePipeline
-    from .loading import assemble_pipeline
+    from .models.assembly import assemble_pipeline
 
     safree = SafreePipeline.from_pipeline(assemble_pipeline(StableDiffusionPipeline, components), SafreeConfig())
     cond = safree.pipe.encode_prompt(PROMPT, device, 1, False)[0]
@@ -218,7 +218,7 @@ def end_to_end(components: dict, concept: Concept, size: int, steps: int, device
     from .baselines.safree_pipeline import SafreePipeline
     from .baselines.sld import SLDPipeline
     from .families import defend_pipeline
-    from .loading import assemble_pipeline
+    from .models.assembly import assemble_pipeline
 
     pipe = assemble_pipeline(StableDiffusionPipeline, components)
     sld = SLDPipeline.from_pipeline(pipe, "sld-medium")
@@ -359,7 +359,7 @@ def batching_speedup(model: str = "lab", prompts: int = 16, batch_sizes: tuple[i
 
     from .batching import per_prompt_small_gemms
     from .families import defend_pipeline, undefended
-    from .loading import default_steps, load_pipeline
+    from .models.load import default_steps, load_pipeline
 
     steps = steps or default_steps(model)
     pipe = load_pipeline(model)

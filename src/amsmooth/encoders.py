@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import AmsmoothError
-from .hub import hub_offline
+from .models.hub import hub_offline
 
 _TRUNCATIONS: contextvars.ContextVar[list | None] = contextvars.ContextVar("amsmooth_truncations", default=None)
 

@@ -86,8 +86,8 @@ class DiffusionModels:
              device: str | torch.device = "cpu") -> DiffusionModels:
         """Load ``model`` (id, folder or "tiny") and the unlearned U-Net at ``unet`` as ``amsmooth generate`` does;
         the original U-Net is kept as a second module only when ``keep_original``."""
-        from ..loading import load_pipeline
-        from ..weights import load_unet_weights
+        from ..models.load import load_pipeline
+        from ..models.weights import load_unet_weights
 
         source = {"model": model, "unet": unet}
         if unet is None:

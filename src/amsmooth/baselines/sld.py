@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from ..assembly import assemble_pipeline
 from ..concepts import Concept
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
 from ..families.mixin import execution_device, smoothing_generators, sync
 from ..families.registry import defend_pipeline
+from ..models.assembly import assemble_pipeline
 
 SLD_PRESETS = ("sld-weak", "sld-medium", "sld-strong", "sld-max")
 

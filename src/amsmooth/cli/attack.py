@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AmsmoothError
-from ..loading import load_encoder
+from ..models.load import load_encoder
 from ..prompts import PromptCase, read_prompts_file
 from .common import (
     SMOOTHING_OPTIONS,
@@ -202,8 +202,8 @@ def build_unet_attack(args: argparse.Namespace, cls: type, config: Any,
     """UnlearnDiffAtk / P4D on --model's pipeline with the --unet U-Net attacked."""
     from ..attacks import DiffusionModels
     from ..attacks.targets import check_target_folder
-    from ..hub import quiet_libraries
-    from ..loading import resolve_device
+    from ..models.hub import quiet_libraries
+    from ..models.load import resolve_device
 
     if args.encoder is not None or args.max_length is not None:
         raise AmsmoothError(f"--encoder is for the text-encoder attacks; '{cls.name}' uses the text encoder of "

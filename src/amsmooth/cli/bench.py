@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import AmsmoothError
-from ..hub import quiet_libraries
+from ..models.hub import quiet_libraries
 from .model_options import DTYPES
 
 

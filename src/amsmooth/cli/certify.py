@@ -10,7 +10,7 @@ import time
 import torch
 
 from ..certify import PromptCertificate, certify, check_arguments, typical_token_distance
-from ..loading import load_encoder
+from ..models.load import load_encoder
 from ..smoothing import AdaptiveMedianSmoothing
 from .common import (
     add_concept_args,

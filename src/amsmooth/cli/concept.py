@@ -5,7 +5,7 @@ import argparse
 
 from ..concepts import Concept, is_concept_file
 from ..io import check_output_file
-from ..loading import load_encoder
+from ..models.load import load_encoder
 from .common import add_encoder_args
 
 

@@ -28,7 +28,7 @@ def format_words(result: dict, names: list[str]) -> str:
 def run_family(args, cases, config) -> int:  # noqa: ANN001 - argparse namespace, PromptCase list, SmoothingConfig
     """Score with every text encoder of a multi-encoder family and print per-encoder and combined scores."""
     from ..families.defense import FamilyDefense
-    from ..families.loading import load_family_views
+    from ..models.load import load_family_views
 
     views = load_family_views(args.encoder)
     defense = FamilyDefense.build(views, list(config.concepts), config)

@@ -74,7 +74,7 @@ def register_more(lab: argparse._SubParsersAction) -> None:
 
 
 def _pipe(unet: str | None):  # noqa: ANN202
-    from ..loading import load_pipeline
+    from ..models.load import load_pipeline
 
     return load_pipeline("lab", unet=unet)
 

@@ -16,7 +16,7 @@ import warnings
 from typing import NoReturn
 
 from ..errors import AmsmoothError, first_line
-from ..hub import quiet_environment, quiet_libraries
+from ..models.hub import quiet_environment, quiet_libraries
 from ..prompts import seed_problem
 
 # Subcommand modules under amsmooth.cli (each defines register(subparsers) and sets args.func), with the help

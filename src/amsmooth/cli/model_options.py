@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import AmsmoothError
-from ..hub import quiet_libraries
 from ..limits import GUIDANCE, IMAGE_SIDE, IMAGES_PER_PROMPT, STEPS, STRENGTH
+from ..models.hub import quiet_libraries
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -49,7 +49,7 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
 def validate_generation(args: argparse.Namespace) -> None:
     """Reject bad numbers before anything is loaded or written (and fill in the model's default steps)."""
     if args.steps is None:
-        from ..loading import default_steps
+        from ..models.load import default_steps
 
         args.steps = default_steps(getattr(args, "model", None) or "")
     STEPS.check(args.steps)
@@ -74,7 +74,7 @@ def resolve_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype
 def load_model(args: argparse.Namespace, device: torch.device | None = None,
                img2img: bool = False) -> DiffusionPipeline:
     """The pipeline of --model (+ --unet / --text-encoder replacements) on ``device`` (default: --device)."""
-    from ..loading import load_pipeline, resolve_device
+    from ..models.load import load_pipeline, resolve_device
 
     quiet_libraries()
     device = device or resolve_device(args.device)

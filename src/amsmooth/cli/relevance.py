@@ -7,7 +7,7 @@ import math
 import sys
 import warnings
 
-from ..loading import is_family, load_encoder
+from ..models.load import is_family, load_encoder
 from ..relevance import is_high
 from ..smoothing import AdaptiveMedianSmoothing
 from .common import (

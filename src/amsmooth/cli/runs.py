@@ -136,7 +136,7 @@ def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None
             preload: Callable[[torch.device], Any] | None = None) -> Run:
     """Check everything cheap first, then the detector, the RUN_DIR's config, the model (and ``preload``'s,
     e.g. a reference model); write the config last, so a failure at any step leaves RUN_DIR as it was."""
-    from ..loading import resolve_device
+    from ..models.load import resolve_device
 
     validate_generation(args)
     if args.limit is not None and args.limit < 1:
@@ -166,7 +166,7 @@ def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None
 
 def reference_unet(model: str, reference: str, device: torch.device) -> Any:
     """The U-Net of --model-aware: 'base' is --model's own (before --unet), else --model with that U-Net file."""
-    from ..loading import load_pipeline
+    from ..models.load import load_pipeline
 
     return load_pipeline(model, unet=None if reference == "base" else reference, device=device).unet.eval()
 

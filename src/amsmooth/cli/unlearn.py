@@ -235,8 +235,8 @@ def _run_esd(args: argparse.Namespace, pipe: Any, erase: list[str], settings: An
 def _run_race(args: argparse.Namespace, pipe: Any, erase: list[str], settings: Any) -> tuple[dict, dict]:
     import copy
 
+    from ..models.weights import load_unet_weights
     from ..unlearn import race
-    from ..weights import load_unet_weights
 
     start = None
     if args.pretrained_esd:
@@ -277,10 +277,10 @@ RUNNERS = {"esd": _run_esd, "uce": _run_uce, "rece": _run_rece, "race": _run_rac
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import quiet_libraries
-    from ..loading import load_pipeline, resolve_device
+    from ..models.hub import quiet_libraries
+    from ..models.load import load_pipeline, resolve_device
+    from ..models.weights import source_kind
     from ..unlearn import check_output, save_unet
-    from ..weights import source_kind
 
     _check_flags(args)
     erase = erase_texts(args)

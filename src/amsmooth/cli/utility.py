@@ -83,8 +83,8 @@ def reference_folder(args: argparse.Namespace) -> str | None:
 
 def reference_pipeline(args: argparse.Namespace, device: Any) -> Any:
     """--reference-model's pipeline: undefended, without --unet / --text-encoder replacements."""
-    from ..hub import quiet_libraries
-    from ..loading import load_pipeline
+    from ..models.hub import quiet_libraries
+    from ..models.load import load_pipeline
     from .model_options import resolve_dtype
 
     quiet_libraries()

@@ -81,7 +81,7 @@ def _encoder(cfg: dict, kind: str, depth: int, seed: int = 0) -> torch.nn.Module
 
 
 def _views(family: str, depth: int) -> list[EncoderView]:
-    from .tiny import clip_tokenizer, t5_tokenizer
+    from ..models.tiny import clip_tokenizer, t5_tokenizer
 
     views = []
     for slot in family_slots(family):

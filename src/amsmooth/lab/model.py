@@ -79,7 +79,7 @@ def lab_text_encoder():  # noqa: ANN201 - amsmooth.TextEncoder
     from transformers import AutoTokenizer, BertModel
 
     from ..encoders import TextEncoder, minilm_folder
-    from ..hub import quiet_libraries
+    from ..models.hub import quiet_libraries
 
     quiet_libraries()
     folder = minilm_folder()
@@ -117,7 +117,7 @@ def lab_pipeline(img2img: bool = False, unet_folder: str | Path | None = None,
     """
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    from ..assembly import assemble_pipeline
+    from ..models.assembly import assemble_pipeline
 
     enc = lab_text_encoder()
     unet = new_unet().eval() if untrained else load_lab_unet(unet_folder)

@@ -5,7 +5,7 @@ diffusers layout or the original CompVis/LDM layout (converted with diffusers' o
 text encoder may be a ``CLIPTextModel`` folder or a state dict. Every replacement is checked key by key and shape
 by shape against the pipeline before anything is copied, so a bad file leaves the pipeline untouched.
 Pickles are never unpickled: ``.pt`` files are read with ``torch.load(weights_only=True)``.
-Used by :mod:`amsmooth.loading` (SD 1.x/2.x) and :mod:`amsmooth.families.loading` (SDXL, SD3, Flux).
+Used by :mod:`amsmooth.loading` (SD 1.x/2.x) and :mod:`amsmooth.models.load` (SDXL, SD3, Flux).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import AmsmoothError, first_line
+from ..errors import AmsmoothError, first_line
 from .hub import fetch_error, hub_offline
 
 LDM_UNET_PREFIX = "model.diffusion_model."

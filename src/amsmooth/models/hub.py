@@ -5,7 +5,7 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import AmsmoothError, first_line
+from ..errors import AmsmoothError, first_line
 
 _TRUE = {"1", "true", "yes", "on"}
 

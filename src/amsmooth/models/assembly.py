@@ -1,6 +1,6 @@
 """Build a diffusers Stable Diffusion pipeline from already loaded modules.
 
-A leaf module (it imports nothing of amsmooth): :mod:`amsmooth.loading`, :mod:`amsmooth.tiny`, the lab model and
+A leaf module (it imports nothing of amsmooth): :mod:`amsmooth.loading`, :mod:`amsmooth.models.tiny`, the lab model and
 the baselines all assemble pipelines with it, so none of them has to import another to do so.
 """
 from __future__ import annotations

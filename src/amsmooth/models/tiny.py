@@ -1,13 +1,16 @@
-"""Tiny random SDXL, SD3 and Flux pipelines from the shipped, scaled-down configs (``--model tiny-sdxl`` …).
+"""Tiny random pipelines from the shipped, scaled-down configs: SD 1.5 (``--model tiny``) and SDXL, SD3, Flux
+(``--model tiny-sdxl`` / ``tiny-sd3`` / ``tiny-flux``).
 
-The configs (``data/tiny-sdxl``, ``data/tiny-sd3``, ``data/tiny-flux``) keep each real architecture's structure —
-encoders, what the pipeline reads from them, the denoiser type, latent channels, schedulers — at toy widths
-(``data/tiny-families.md`` lists the real values they mirror). CLIP encoders use the shipped real CLIP tokenizer;
-T5 uses ``data/tiny-t5-tokenizer`` (a small Unigram tokenizer built from a word list: no T5 SentencePiece model is
-available offline). Weights are random under a fixed seed: images are noise.
+The architectures are the real ones, smaller. The SDXL/SD3/Flux configs (``data/tiny-sdxl``, ``data/tiny-sd3``,
+``data/tiny-flux``) keep each real architecture's structure — encoders, what the pipeline reads from them, the
+denoiser type, latent channels, schedulers — at toy widths (``data/tiny-families.md`` lists the real values they
+mirror). CLIP encoders use the shipped real CLIP tokenizer; T5 uses ``data/tiny-t5-tokenizer`` (a small Unigram
+tokenizer built from a word list: no T5 SentencePiece model is available offline). Weights are random under a
+fixed seed, so images are noise. For smoke runs, demos of the tooling and tests — never for results.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from importlib import resources
@@ -16,8 +19,67 @@ from typing import Any
 
 import torch
 
+from ..encoders import TextEncoder
+from .assembly import assemble_pipeline
+
+TINY_SEED = 0
+SEED = TINY_SEED
 TINY_FAMILIES = {"tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}
-SEED = 0
+
+
+def tiny_dir() -> Path:
+    """Folder of the shipped tiny configs and the real CLIP tokenizer."""
+    return Path(str(resources.files("amsmooth") / "data" / "tiny"))
+
+
+def _config(name: str) -> dict:
+    return json.loads((tiny_dir() / name / "config.json").read_text())
+
+
+def tiny_tokenizer():  # noqa: ANN201 - a transformers CLIP tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_dir() / "tokenizer"))
+
+
+def tiny_clip_text_model(seed: int = TINY_SEED, **overrides: int) -> torch.nn.Module:
+    """A random ``CLIPTextModel`` of the SD-1.5 text-encoder architecture, scaled down (hidden 32, 2 layers)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = {k: v for k, v in _config("text_encoder").items() if k != "architectures"}
+    cfg.update(overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPTextModel(CLIPTextConfig(**cfg)).eval()
+
+
+def tiny_text_encoder(seed: int = TINY_SEED, **overrides: int) -> TextEncoder:
+    """``TextEncoder`` over the tiny CLIP text model and the real CLIP tokenizer."""
+    return TextEncoder(tiny_clip_text_model(seed, **overrides), tiny_tokenizer(), name=f"tiny-clip(seed={seed})")
+
+
+def tiny_components(seed: int = TINY_SEED) -> dict:
+    """U-Net, VAE, scheduler, text encoder and tokenizer of the tiny pipeline (random, seeded)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+
+    sched = json.loads((tiny_dir() / "scheduler" / "scheduler_config.json").read_text())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(_config("unet")).eval()
+        vae = AutoencoderKL.from_config(_config("vae")).eval()
+    return {"unet": unet, "vae": vae, "scheduler": PNDMScheduler.from_config(sched),
+            "text_encoder": tiny_clip_text_model(seed), "tokenizer": tiny_tokenizer(),
+            "safety_checker": None, "feature_extractor": None}
+
+
+def tiny_pipeline(seed: int = TINY_SEED, img2img: bool = False):  # noqa: ANN201 - a diffusers pipeline
+    """A random tiny ``StableDiffusionPipeline`` (or the img2img one), 64 px images by default (32-latent U-Net)."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+    return assemble_pipeline(cls, tiny_components(seed))
+
+# ------------------------------------------------------------------ SDXL, SD3, Flux
 
 
 def data_dir(name: str) -> Path:
@@ -112,6 +174,4 @@ def tiny_family_pipeline(name: str, kind: str = "txt2img", seed: int = SEED):  #
 
 
 def _init_args(cls: type) -> set[str]:
-    import inspect
-
     return set(inspect.signature(cls.__init__).parameters)
