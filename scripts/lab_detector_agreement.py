@@ -7,7 +7,7 @@ for anything else) and scores every labelled image with two rules, on the readin
 no person, no nudity):
 
 - ``old``: the rule before issue 24 — at least ``NUDITY_THRESHOLD`` of the torso and leg pixels have a skin as
-  their nearest palette colour, however far (``amsmooth.lab.detect.palette_skin_score``);
+  their nearest palette colour, however far (``amsmooth.lab.readout.palette_skin_score``);
 - ``new``: ``--detector lab-nudity`` as it is now (``LabDetector("nudity")``).
 
 Prints, per split (``dev``: the half the rule was chosen on, ``test``: the other half, ``all``), the number of
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from amsmooth.lab import detect as D
+from amsmooth.lab import readout as D
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("dev", "test", "all")

@@ -23,8 +23,8 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", default=["esd-none", "esd-ams", "uce-none", "uce-ams"])
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    from amsmooth.families import undefended
     from amsmooth.loading import load_pipeline
+    from amsmooth.pipelines import undefended
     from amsmooth.prompts import read_prompt_csv
 
     plan = json.loads((args.table / "plan.json").read_text())

@@ -16,7 +16,7 @@ import warnings
 
 from amsmooth.concepts import resolve_concept
 from amsmooth.config import RELEVANCE_METHODS, SmoothingConfig
-from amsmooth.lab.relevance import lab_relevance_quality
+from amsmooth.lab.token_classes import lab_relevance_quality
 from amsmooth.loading import load_encoder
 from amsmooth.relevance_quality import format_rows
 from amsmooth.smoothing import AdaptiveMedianSmoothing

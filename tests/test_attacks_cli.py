@@ -209,7 +209,7 @@ def test_disk_full_while_appending_a_row_cuts_it_and_keeps_the_file_resumable(tm
     import errno
     import os
 
-    from amsmooth.attacks import runner
+    from amsmooth.attacks import campaign as runner
 
     out = tmp_path / "adv.csv"
     assert _attack("--prompts", str(prompts), "--out", str(out), "--limit", "1", *FAST) == 0

@@ -7,8 +7,8 @@ import pytest
 
 from amsmooth import AmsmoothError
 from amsmooth.cli.main import main
-from amsmooth.eval.report import defense_labels, load_summaries, merge, render, write_report
 from amsmooth.eval.store import ImageResult, ResultStore
+from amsmooth.eval.tables import defense_labels, load_summaries, merge, render, write_report
 
 NUDENET = {"name": "nudenet", "threshold": 0.6, "classes": ["BUTTOCKS_EXPOSED", "FEET_EXPOSED"]}
 
@@ -103,8 +103,8 @@ def test_report_of_nothing():
 
 def test_detector_rule_reads_as_a_sentence_for_every_detector():
     """Issue 28: `report` printed "(flagged when its default rule)" for the lab detectors."""
-    from amsmooth.eval.report import detector_rule
-    from amsmooth.lab.detect import LabDetector
+    from amsmooth.eval.tables import detector_rule
+    from amsmooth.lab.readout import LabDetector
 
     settings = LabDetector("nudity").settings()
     assert detector_rule({"detector": settings}) == f"lab-nudity (flagged when {settings['rule']})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import amsmooth.families.bench as bench
+import amsmooth.pipelines.bench as bench
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from amsmooth import AmsmoothError, SmoothingConfig
-from amsmooth.families import ConceptBundle, defend_pipeline
-from amsmooth.families.registry import as_defended
 from amsmooth.models.tiny import tiny_family_components, tiny_family_pipeline
+from amsmooth.pipelines import ConceptBundle, defend_pipeline
+from amsmooth.pipelines.registry import as_defended
 
 FAMILIES = ["tiny-sdxl", "tiny-sd3", "tiny-flux"]
 KW = dict(num_inference_steps=2, output_type="np")

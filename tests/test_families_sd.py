@@ -8,17 +8,17 @@ import torch
 from PIL import Image
 
 from amsmooth import AmsmoothError, SmoothingConfig
-from amsmooth.families import (
+from amsmooth.models.tiny import tiny_pipeline
+from amsmooth.pipeline import DefendedPipeline
+from amsmooth.pipelines import (
     DefendedStableDiffusionImg2ImgPipeline,
     DefendedStableDiffusionInpaintPipeline,
     DefendedStableDiffusionPipeline,
     defend_pipeline,
     undefended,
 )
-from amsmooth.families.mixin import smoothing_generators
-from amsmooth.families.registry import as_defended
-from amsmooth.models.tiny import tiny_pipeline
-from amsmooth.pipeline import DefendedPipeline
+from amsmooth.pipelines.mixin import smoothing_generators
+from amsmooth.pipelines.registry import as_defended
 from amsmooth.smoothing import AdaptiveMedianSmoothing
 
 KW = dict(num_inference_steps=2, guidance_scale=7.5, output_type="np")
@@ -179,7 +179,7 @@ def test_prompt_embeds_run_undefended_with_a_warning_and_a_record_or_are_refused
     per pipeline, ``defended=False`` on the output and in ``last_defense``; ``strict=True`` refuses."""
     import warnings
 
-    from amsmooth.families.mixin import UndefendedCall
+    from amsmooth.pipelines.mixin import UndefendedCall
 
     dp = defend_pipeline(pipe, ["nudity"], SmoothingConfig(n=3))
     embeds = pipe.encode_prompt("a cat", "cpu", 1, False)[0]                 # the plain conditioning [1, L, D]

@@ -109,7 +109,7 @@ def test_eval_image_is_durable_before_its_row_is_committed(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("content", [b"my notes, no newline", b"a,b\n1,2\n3,4", b"case_number,prompt\n1,x\n2"])
 def test_attack_out_that_is_not_ours_is_refused_unchanged(tmp_path, content):
-    from amsmooth.attacks.runner import finished_cases
+    from amsmooth.attacks.campaign import finished_cases
 
     out = tmp_path / "existing.csv"
     out.write_bytes(content)

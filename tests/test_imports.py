@@ -42,7 +42,7 @@ def test_tiny_does_not_import_the_loader() -> None:
 def test_the_loader_does_not_import_what_it_loads() -> None:
     """One loader for every family; named models it does not build itself (the lab's) come from the registry."""
     assert not any(m.startswith("amsmooth.lab") for m in _amsmooth_imports("models/load.py"))
-    assert "amsmooth.models.registry" in _amsmooth_imports("models/load.py")
+    assert "amsmooth.models.named" in _amsmooth_imports("models/load.py")
     assert "amsmooth.models.load" not in _amsmooth_imports("models/weights.py")
 
 
@@ -109,12 +109,12 @@ def test_benchmarks_and_scripts_use_the_library_not_the_cli() -> None:
 
 # Private attributes read on other objects, each with its reason; a new reach-in fails the test below.
 _PRIVATE_ATTRIBUTES_ALLOWED = {
-    ("families/mixin.py", "pipe._execution_device"),  # diffusers' own device rule; execution_device() is its one reader
+    ("pipelines/mixin.py", "pipe._execution_device"),  # diffusers' device rule; execution_device() reads it
     ("baselines/sld.py", "safe._encode_prompt"),    # diffusers' SLD pipeline has no public prompt encoder
-    ("families/mixin.py", "new._ams"),              # the same class: from_pipe copies the defense onto its new pipe
-    ("families/mixin.py", "new._ams_stage"),
-    ("families/mixin.py", "new._ams_spec"),
-    ("families/mixin.py", "pipeline._ams"),
+    ("pipelines/mixin.py", "new._ams"),              # the same class: from_pipe copies the defense onto its new pipe
+    ("pipelines/mixin.py", "new._ams_stage"),
+    ("pipelines/mixin.py", "new._ams_spec"),
+    ("pipelines/mixin.py", "pipeline._ams"),
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from amsmooth.lab import detect as D
+from amsmooth.lab import readout as D
 from amsmooth.lab import world as W
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ def test_pipeline_encodes_prompts_like_the_text_encoder(pipe) -> None:
 def test_shipped_weights_quality_subset(pipe) -> None:
     """A fast subset of the model card's quality bar: benign prompts show what they ask for, training-lexicon
     prompts show nudity, benign prompts do not."""
-    from amsmooth.lab.prompts import prompt_set
+    from amsmooth.lab.prompt_sets import prompt_set
     from amsmooth.lab.quality import assess, generate
 
     benign = prompt_set("benign", 12, split_seed=5, seeds=(0,))
@@ -58,7 +58,7 @@ def test_generate_cli_on_lab(tmp_path) -> None:
     from PIL import Image
 
     from amsmooth.cli.main import main
-    from amsmooth.lab import detect as D
+    from amsmooth.lab import readout as D
 
     assert main(["generate", "a naked woman on a beach", "--model", "lab", "--out", str(tmp_path),
                  "--defense", "none"]) == 0

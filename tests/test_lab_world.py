@@ -8,9 +8,9 @@ import pytest
 
 from amsmooth.errors import AmsmoothError
 from amsmooth.lab import captions as C
-from amsmooth.lab import detect as D
+from amsmooth.lab import readout as D
 from amsmooth.lab import world as W
-from amsmooth.lab.prompts import prompt_set, read_truth, write_csv
+from amsmooth.lab.prompt_sets import prompt_set, read_truth, write_csv
 
 
 def _scenes(n: int, seed: int) -> list[W.Scene]:

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from amsmooth import AmsmoothError, SmoothingConfig
-from amsmooth.families import defend_pipeline, undefended
-from amsmooth.families.mixin import derive_generator
-from amsmooth.families.unet_stage import unet_median_smoothing
 from amsmooth.models.tiny import tiny_pipeline
+from amsmooth.pipelines import defend_pipeline, undefended
+from amsmooth.pipelines.mixin import derive_generator
+from amsmooth.pipelines.unet_stage import unet_median_smoothing
 
 KW = dict(num_inference_steps=2, guidance_scale=7.5, output_type="np", height=64, width=64)
 PROMPTS = ["a nude woman on a beach", "a cat"]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, SmoothingConfig
 from amsmooth.certify import certify
-from amsmooth.families import undefended
+from amsmooth.pipelines import undefended
 from amsmooth.serve.app import create_app
 from amsmooth.serve.schemas import MAX_SEED
 from amsmooth.serve.service import DemoService

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from amsmooth.config import SmoothingConfig
-from amsmooth.families import defend_pipeline
 from amsmooth.models.tiny import tiny_pipeline, tiny_text_encoder
+from amsmooth.pipelines import defend_pipeline
 
 
 def _sigmas(pipe, cfg: SmoothingConfig) -> list[float]:

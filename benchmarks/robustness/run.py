@@ -23,7 +23,7 @@ import torch
 
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, Concept, SmoothingConfig, TextEncoder
 from amsmooth.attacks import ConceptPGD, ConceptPGDConfig, RingABell, RingABellConfig, Vocabulary
-from amsmooth.attacks.runner import attack_cases
+from amsmooth.attacks.campaign import attack_cases
 from amsmooth.attacks.stats import bootstrap_mean, paired_difference
 from amsmooth.concepts import resolve_concept
 from amsmooth.encoders import minilm_folder

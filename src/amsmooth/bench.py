@@ -217,8 +217,8 @@ def end_to_end(components: dict, concept: Concept, size: int, steps: int, device
     from .baselines.safree import SafreeConfig
     from .baselines.safree_pipeline import SafreePipeline
     from .baselines.sld import SLDPipeline
-    from .families import defend_pipeline
     from .models.assembly import assemble_pipeline
+    from .pipelines import defend_pipeline
 
     pipe = assemble_pipeline(StableDiffusionPipeline, components)
     sld = SLDPipeline.from_pipeline(pipe, "sld-medium")
@@ -358,8 +358,8 @@ def batching_speedup(model: str = "lab", prompts: int = 16, batch_sizes: tuple[i
     import numpy as np
 
     from .batching import per_prompt_small_gemms
-    from .families import defend_pipeline, undefended
     from .models.load import default_steps, load_pipeline
+    from .pipelines import defend_pipeline, undefended
 
     steps = steps or default_steps(model)
     pipe = load_pipeline(model)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,7 +13,7 @@ import torch
 
 from .encoders import TextEncoder, one_truncation_warning
 from .errors import AmsmoothError
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, cache_dir
 from .prompts import read_csv
 
 T = TypeVar("T")
@@ -23,16 +22,6 @@ T = TypeVar("T")
 KNOWN_COLUMNS = [("sensitive prompt", "normal prompt"), ("prompt", "prompt1"), ("positive", "negative")]
 BUILTIN = {"nudity": "nudity_pairs.csv", "violence": "violence_pairs.csv", "vangogh": "vangogh_pairs.csv"}
 FORMAT = "amsmooth-concept-v1"
-
-
-def cache_dir() -> Path:
-    """Where built-in concept directions are cached (``AMSMOOTH_CACHE_DIR`` overrides the user cache dir)."""
-    env = os.environ.get("AMSMOOTH_CACHE_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("amsmooth"))
 
 
 def builtin_pairs_path(name: str) -> Path:

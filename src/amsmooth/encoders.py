@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import AmsmoothError
+from .io import cache_dir
 from .models.hub import hub_offline
 
 _TRUNCATIONS: contextvars.ContextVar[list | None] = contextvars.ContextVar("amsmooth_truncations", default=None)
@@ -391,8 +392,6 @@ def minilm_folder() -> str:
     into the amsmooth cache (the one real text encoder available offline; ``--encoder minilm``)."""
     import contextlib
     import io
-
-    from .concepts import cache_dir
 
     target = cache_dir() / "minilm"
     folder = target / "all-MiniLM-L6-v2"

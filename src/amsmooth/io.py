@@ -138,3 +138,14 @@ def check_writable_dir(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise AmsmoothError(f"cannot write to {path}: {e.strerror or e}") from None
+
+
+def cache_dir() -> Path:
+    """Where amsmooth caches what it derives (built-in concept directions, relevance scales, the MiniLM folder):
+    ``AMSMOOTH_CACHE_DIR``, else the user cache dir."""
+    env = os.environ.get("AMSMOOTH_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("amsmooth"))

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from .concepts import Concept, builtin_pairs_path, read_pairs
+from .concepts import BUILTIN, Concept, builtin_pairs_path, read_pairs
 from .config import RELEVANCE_METHODS, SmoothingConfig
 from .encoders import PromptsTruncated, TextEncoder, TokenizedBatch
 from .errors import AmsmoothError
 from .relevance import WordCache, combine_global, concept_cosine, differential_embeddings, removals
+from .relevance_scale import neutral_words
 
 
 @dataclass
@@ -235,8 +236,6 @@ def candidate_words(positives: Sequence[str], negatives: Sequence[str], min_pair
 def concept_pairs(concept: Concept, method_name: str = "subspace") -> tuple[list[str], list[str]]:
     """The pairs a concept was built from: a built-in concept's shipped CSV (checked by its SHA-256); a
     concept without them is refused, naming the relevance method (``method_name``) that needs them."""
-    from .concepts import BUILTIN
-
     if concept.name in BUILTIN:
         pos, neg, digest = read_pairs(builtin_pairs_path(concept.name))
         if not concept.pairs_sha256 or digest == concept.pairs_sha256:
@@ -259,8 +258,6 @@ def subspace_basis(ctx: RelevanceContext, concept: Concept, direction: torch.Ten
     ``SUBSPACE_WORDS`` candidate words of its pairs (:func:`candidate_words`) that the encoder itself aligns
     best with Δ_c (cosine of T(w) − T(∅) with Δ_c), each as T(w) − T(∅) minus its part along the mean word
     direction of the neutral prompts' words (what any word adds)."""
-    from .relevance_scale import neutral_words
-
     pos, neg = concept_pairs(concept)
     cands = candidate_words(pos, neg)
     if not cands:

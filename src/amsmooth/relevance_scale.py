@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, cache_dir
 
 if TYPE_CHECKING:
     from .encoders import TextEncoder
@@ -60,8 +60,6 @@ def neutral_words(encoder: TextEncoder | None = None) -> list[str]:
 
 
 def _cache_path(method: Method, ctx: RelevanceContext) -> Path:
-    from .concepts import cache_dir
-
     h = hashlib.sha256(json.dumps([VERSION, method.name, ctx.encoder.fingerprint()],
                                   sort_keys=True).encode())
     for d in ctx.directions:

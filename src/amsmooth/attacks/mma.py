@@ -25,7 +25,7 @@ from ..errors import AmsmoothError
 from ..prompts import PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
 from .base import AttackResult, Progress, SearchConfig, TextAttack, noise_generator
-from .objective import ConditioningObjective
+from .objective import CandidatePool, ConditioningObjective
 from .vocab import Vocabulary
 
 NSFW_WORDS = ("sexual", "nude", "nudity", "sex", "18+", "naked", "nsfw", "porn", "dick", "vagina", "naked child",
@@ -114,7 +114,6 @@ class MMADiffusion(TextAttack):
         objective = self.case_objective(case)
         objective.noise_generator = noise_generator(generator)
         if cfg.rerank:
-            from .objective import CandidatePool
             objective.pool = CandidatePool(cfg.rerank)
         empty = enc.tokenize([""])
         control = self._initial(generator)

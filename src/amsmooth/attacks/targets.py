@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import AmsmoothError
+from ..eval.runner import GenerationSettings  # the data contract's seed and guidance, as `amsmooth eval`
 from ..prompts import PromptCase
 
 
@@ -66,8 +67,6 @@ class TargetLatents:
 
     def _generate(self, case: PromptCase) -> torch.Tensor:
         """The original model's image of the source prompt, as the denoised latent (no decode/encode round trip)."""
-        from ..eval.runner import GenerationSettings  # the data contract's seed and guidance, as `amsmooth eval`
-
         gen = GenerationSettings(steps=self.steps, height=self.height, width=self.width)
         with torch.no_grad():
             out = self.pipe(case.prompt, generator=torch.Generator().manual_seed(gen.seed_of(case)),

@@ -23,6 +23,7 @@ import torch
 
 from ..encoders import TokenizedBatch
 from ..errors import AmsmoothError
+from ..eval.detectors import NudeNetDetector
 from ..prompts import PromptCase
 from .base import AttackResult, Progress
 from .denoising import DenoisingObjective
@@ -86,8 +87,6 @@ class UnlearnDiffAtk(UNetAttack):
         super().__init__(*args, **kwargs)
         self.detector = detector
         if detector is None and self.config.stop_detector == "nudenet":
-            from ..eval.detectors import NudeNetDetector
-
             self.detector = NudeNetDetector(self.config.detector_threshold)
 
     def total_steps(self) -> int:

@@ -19,6 +19,9 @@ import torch
 from ..concepts import Concept
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
+from ..eval.runner import GenerationSettings
+from ..models.load import load_pipeline
+from ..models.weights import load_unet_weights
 from ..prompts import PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
 from .base import SearchConfig, TextAttack
@@ -86,9 +89,6 @@ class DiffusionModels:
              device: str | torch.device = "cpu") -> DiffusionModels:
         """Load ``model`` (id, folder or "tiny") and the unlearned U-Net at ``unet`` as ``amsmooth generate`` does;
         the original U-Net is kept as a second module only when ``keep_original``."""
-        from ..models.load import load_pipeline
-        from ..models.weights import load_unet_weights
-
         source = {"model": model, "unet": unet}
         if unet is None:
             return cls.of(load_pipeline(model, device=device), source=source)
@@ -114,8 +114,6 @@ def generate_image(models: DiffusionModels, text: str, case: PromptCase, steps: 
                    noise: torch.Generator | None = None) -> Any:
     """One image (PIL) of ``text`` by the *attacked* U-Net, the case's seed and guidance (through AMS when
     ``smoothing``: the conditioning the defended pipeline would use)."""
-    from ..eval.runner import GenerationSettings
-
     gen = GenerationSettings(steps=steps, height=height, width=width)
     pipe, original = models.pipe, models.pipe.unet
     kwargs: dict[str, Any] = {"prompt": text}

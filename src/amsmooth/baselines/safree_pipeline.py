@@ -23,9 +23,9 @@ import torch
 
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
-from ..families import defend_pipeline, family_of
-from ..families.mixin import DefendedMixin, execution_device
-from ..families.registry import as_defended
+from ..pipelines import defend_pipeline, family_of
+from ..pipelines.mixin import DefendedMixin, execution_device
+from ..pipelines.registry import as_defended
 from .safree import SafreeConfig, low_frequency_filter
 from .safree_text import TARGET, PromptFilter, SafreeText
 
@@ -56,12 +56,12 @@ class _CallState:
 class SafreePipeline:
     """SAFREE around a family pipeline (AMS-defended or not); callable like the family pipeline.
 
-    ``pipe``: an amsmooth family pipeline (``amsmooth.families``); use :meth:`from_pipeline` for a plain one."""
+    ``pipe``: an amsmooth family pipeline (``amsmooth.pipelines``); use :meth:`from_pipeline` for a plain one."""
 
     def __init__(self, pipe: Any, config: SafreeConfig) -> None:
         family = family_of(pipe)
         if family is None or not isinstance(pipe, DefendedMixin):
-            raise AmsmoothError(f"SAFREE wraps SD 1.x/2.x, SDXL, SD3 or Flux pipelines (amsmooth.families); got "
+            raise AmsmoothError(f"SAFREE wraps SD 1.x/2.x, SDXL, SD3 or Flux pipelines (amsmooth.pipelines); got "
                                 f"{type(pipe).__name__}")
         self.pipe, self.config, self.family = pipe, config, family
         self.svf = _resolve(config.svf, SVF_DEFAULT[family])

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from ..errors import AmsmoothError
-from ..families.flux import FLUX_SLOTS
-from ..families.sd import SD_SLOTS
-from ..families.sd3 import SD3_SLOTS
-from ..families.sdxl import SDXL_SLOTS
-from ..families.views import EncoderSlot, EncoderView
+from ..pipelines.flux import FLUX_SLOTS
+from ..pipelines.sd import SD_SLOTS
+from ..pipelines.sd3 import SD3_SLOTS
+from ..pipelines.sdxl import SDXL_SLOTS
+from ..pipelines.views import EncoderSlot, EncoderView
 from .safree import (
                      SafreeConfig,
                      filtered_steps,

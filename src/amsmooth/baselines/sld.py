@@ -10,7 +10,7 @@ own ``_encode_prompt`` and replaces only the unconditional and conditional block
 (``[uncond; cond; safety concept]``, each repeated per image), keeping SLD's safety-concept embedding and its
 whole denoising loop. With the embeddings of the plain prompt this reproduces plain SLD exactly. AMS on top of
 SLD (``from_pipeline(…, ams=config)``) takes those embeddings from the SD family class sharing the same modules
-(:class:`amsmooth.families.DefendedStableDiffusionPipeline`), so the smoothing is the one every other command runs.
+(:class:`amsmooth.pipelines.DefendedStableDiffusionPipeline`), so the smoothing is the one every other command runs.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import torch
 from ..concepts import Concept
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
-from ..families.mixin import execution_device, smoothing_generators, sync
-from ..families.registry import defend_pipeline
 from ..models.assembly import assemble_pipeline
+from ..pipelines.mixin import execution_device, smoothing_generators, sync
+from ..pipelines.registry import defend_pipeline
 
 SLD_PRESETS = ("sld-weak", "sld-medium", "sld-strong", "sld-max")
 

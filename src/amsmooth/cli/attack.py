@@ -232,7 +232,7 @@ def build_unet_attack(args: argparse.Namespace, cls: type, config: Any,
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..attacks.runner import attack_cases, describe_departures, summarize
+    from ..attacks.campaign import attack_cases, describe_departures, summarize
 
     if args.limit is not None and args.limit < 1:
         raise AmsmoothError(f"--limit must be >= 1, got {args.limit}")

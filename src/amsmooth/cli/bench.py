@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(rep, indent=2))
         return 0
     if args.family != "sd":
-        from ..families.bench import format_family_report, run_family_benchmark
+        from ..pipelines.bench import format_family_report, run_family_benchmark
 
         rep = run_family_benchmark(args.family, args.quick, args.n, log=lambda m: print(m, file=sys.stderr))
         print(format_family_report(rep))

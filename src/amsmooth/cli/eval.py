@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.detectors import DETECTORS, make_detector
-    from ..eval.report import summarize
+    from ..eval.tables import summarize
 
     if args.detector not in DETECTORS:
         raise AmsmoothError(f"unknown detector {args.detector!r}; choose one of: {', '.join(DETECTORS)}")

@@ -27,8 +27,8 @@ def format_words(result: dict, names: list[str]) -> str:
 
 def run_family(args, cases, config) -> int:  # noqa: ANN001 - argparse namespace, PromptCase list, SmoothingConfig
     """Score with every text encoder of a multi-encoder family and print per-encoder and combined scores."""
-    from ..families.defense import FamilyDefense
     from ..models.load import load_family_views
+    from ..pipelines.defense import FamilyDefense
 
     views = load_family_views(args.encoder)
     defense = FamilyDefense.build(views, list(config.concepts), config)

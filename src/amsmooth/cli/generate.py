@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_defended(args: argparse.Namespace, img2img: bool = False):  # noqa: ANN201 - a family pipeline
     """Load the pipeline (+ U-Net / text-encoder replacements) and give it the chosen defense."""
-    from ..families import defend_pipeline, undefended
+    from ..pipelines import defend_pipeline, undefended
 
     pipe = load_model(args, img2img=img2img)
     if args.defense == "none":

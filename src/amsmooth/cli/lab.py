@@ -83,7 +83,7 @@ def run_quality(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..lab.prompts import KINDS, prompt_set
+    from ..lab.prompt_sets import KINDS, prompt_set
     from ..lab.quality import assess, generate, grid
 
     pipe = _pipe(args.unet)

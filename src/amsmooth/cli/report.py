@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..eval.report import PLOT_NAME, REPORT_NAME, write_report
+from ..eval.tables import PLOT_NAME, REPORT_NAME, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:

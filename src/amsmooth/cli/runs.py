@@ -14,9 +14,9 @@ from ..errors import AmsmoothError
 from ..eval.defenses import DEFENSES, Defense, DefenseSpec
 from ..eval.runner import GenerationSettings, Job, RunStats, Shard, load_prompt_sets, make_jobs, process_shard
 from ..eval.store import ResultStore
-from ..families.unet_stage import STAGES
 from ..io import check_writable_dir
 from ..model_relevance import attach_model_aware
+from ..pipelines.unet_stage import STAGES
 from .common import (
     SAFREE_OPTIONS,
     SMOOTHING_OPTIONS,

@@ -25,9 +25,9 @@ from ..baselines.sld import SLD_PRESETS, SLDPipeline, sld_preset
 from ..batching import per_prompt_small_gemms
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
-from ..families import defend_pipeline, undefended
-from ..families.unet_stage import STAGES
 from ..model_relevance import model_aware_settings
+from ..pipelines import defend_pipeline, undefended
+from ..pipelines.unet_stage import STAGES
 
 DEFENSES = ("none", "ams", "blacklist", "posi", *SLD_PRESETS, "safree")
 PERFORMANCE_KNOBS = ("max_batch", "cache_size")  # change speed and memory, never the images
@@ -148,7 +148,7 @@ class Defense:
     """A built defense: optional prompt rewriting, then (AMS-)defended generation."""
 
     spec: DefenseSpec
-    pipeline: Any    # a family pipeline (amsmooth.families), SLDPipeline or SafreePipeline
+    pipeline: Any    # a family pipeline (amsmooth.pipelines), SLDPipeline or SafreePipeline
     settings: dict[str, Any]
     rewrite: Callable[[str], str] | None = None
 

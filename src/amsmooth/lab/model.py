@@ -20,7 +20,10 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
+from ..encoders import TextEncoder, minilm_folder
 from ..errors import AmsmoothError
+from ..models.assembly import assemble_pipeline
+from ..models.hub import quiet_libraries
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -78,8 +81,6 @@ def lab_text_encoder():  # noqa: ANN201 - amsmooth.TextEncoder
     """The lab's ``TextEncoder``: MiniLM at 32 tokens, attention mask on (also in the diffusers pipeline)."""
     from transformers import AutoTokenizer, BertModel
 
-    from ..encoders import TextEncoder, minilm_folder
-    from ..models.hub import quiet_libraries
 
     quiet_libraries()
     folder = minilm_folder()
@@ -117,7 +118,6 @@ def lab_pipeline(img2img: bool = False, unet_folder: str | Path | None = None,
     """
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    from ..models.assembly import assemble_pipeline
 
     enc = lab_text_encoder()
     unet = new_unet().eval() if untrained else load_lab_unet(unet_folder)

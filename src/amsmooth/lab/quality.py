@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import detect as D
+from ..encoders import TextEncoder
+from . import readout as D
 from .model import LAB_STEPS as STEPS
-from .prompts import LabCase
+from .prompt_sets import LabCase
 
 GUIDANCE = 7.5
 
@@ -47,8 +48,6 @@ class Quality:
 def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], steps: int = STEPS,
              guidance: float = GUIDANCE, batch: int = 32) -> list:
     """Undefended images of ``prompts`` (PIL), image i from a generator seeded with ``seeds[i]``."""
-    from ..encoders import TextEncoder
-
     enc = TextEncoder(pipe.text_encoder, pipe.tokenizer)
     out = []
     for s in range(0, len(prompts), batch):

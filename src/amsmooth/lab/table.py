@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AmsmoothError
-from .prompts import prompt_set, read_truth, write_csv
+from .prompt_sets import prompt_set, read_truth, write_csv
 
 CONCEPT = "nudity"
 TEXT_ATTACKS = ("rab", "qf", "mma", "concept-pgd")
@@ -365,7 +365,7 @@ class Table:
         from ..config import SmoothingConfig
         from ..smoothing import AdaptiveMedianSmoothing
         from .model import lab_text_encoder
-        from .relevance import lab_relevance_quality
+        from .token_classes import lab_relevance_quality
 
         f = self.out / "relevance.json"
         done = json.loads(f.read_text()) if f.exists() else {}
@@ -465,7 +465,7 @@ def benign_accuracy(run: Path, set_name: str, csv_path: Path) -> float:
     """Benign attribute accuracy of a run's images of one lab prompt set (read against its ground truth)."""
     from PIL import Image
 
-    from . import detect as D
+    from . import readout as D
 
     truth = read_truth(csv_path)
     checks = []

@@ -20,6 +20,7 @@ import torch
 from ..errors import AmsmoothError
 from . import world as W
 from .captions import training_captions
+from .model import attention_width, lab_text_encoder, new_unet, scheduler_config
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,6 @@ class TrainSettings:
             raise AmsmoothError("cond dropout and EMA decay must be in [0, 1), concept share in (0, 0.5]")
         if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
             raise AmsmoothError(f"Min-SNR gamma must be a positive number, got {self.snr_gamma}")
-        from .model import attention_width
-
         width = attention_width()
         if self.attention_heads < 1 or width % self.attention_heads:
             raise AmsmoothError(f"attention heads must divide the attention width {width}, got {self.attention_heads}")
@@ -79,7 +78,6 @@ class Trainer:
     def __init__(self, out: str | Path, settings: TrainSettings) -> None:
         from diffusers import DDPMScheduler
 
-        from .model import lab_text_encoder, scheduler_config
 
         settings.check()
         self.out, self.s = Path(out), settings
@@ -208,8 +206,6 @@ class Trainer:
 
     def fresh_unet(self) -> torch.nn.Module:
         """A newly initialised U-Net of this run's architecture (the shipped config with its head count)."""
-        from .model import new_unet
-
         return new_unet(self.s.seed, attention_head_dim=self.s.attention_heads)
 
     def export(self) -> Path:

@@ -3,7 +3,7 @@
 A :class:`Scene` says everything an image shows (subject, clothing, colours, background, object, and the two
 erasable concepts: *nudity* — a person drawn with bare skin instead of clothes — and *violence* — blood on the
 figure and the ground, and a knife in the hand). :func:`render` draws a scene deterministically (32×32 RGB,
-uint8) at fixed places, so that the lab's detectors (``amsmooth.lab.detect``) can read the image back and be
+uint8) at fixed places, so that the lab's detectors (``amsmooth.lab.readout``) can read the image back and be
 checked against the scene itself.
 """
 from __future__ import annotations

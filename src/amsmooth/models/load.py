@@ -2,7 +2,7 @@
 transformers, ...): the one loader of every family (SD 1.x/2.x, SDXL, SD3, Flux).
 
 The base pipeline comes from a Hugging Face id, a local diffusers folder, a single-file checkpoint (SDXL, SD3,
-Flux) or a named model (:mod:`.registry`: ``"tiny"``, ``"tiny-sdxl"`` … random, for tests; ``"lab"``).
+Flux) or a named model (:mod:`.named`: ``"tiny"``, ``"tiny-sdxl"`` … random, for tests; ``"lab"``).
 A replacement U-Net may be a diffusers folder, a ``.safetensors`` file or a ``.pt``/``.ckpt`` state dict in the
 diffusers layout or the original CompVis/LDM layout (converted with diffusers' own converter). A replacement
 text encoder may be a ``CLIPTextModel`` folder or a state dict. Every replacement is checked key by key and shape
@@ -20,11 +20,11 @@ import torch
 
 from ..encoders import TextEncoder, minilm_folder
 from ..errors import AmsmoothError
-from ..families.registry import family_slots
-from ..families.views import EncoderView
+from ..pipelines.registry import family_slots
+from ..pipelines.views import EncoderView
 from .assembly import assemble_pipeline
 from .hub import fetch_error, hub_offline, quiet_libraries
-from .registry import DEFAULT_STEPS, named_model
+from .named import DEFAULT_STEPS, named_model
 from .tiny import TINY_FAMILIES, tiny_family_pipeline, tiny_pipeline, tiny_text_parts
 from .weights import (
     HUB_ID,

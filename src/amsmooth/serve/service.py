@@ -1,5 +1,5 @@
 """The model-facing work behind the API, done through the library: relevance (AdaptiveMedianSmoothing),
-undefended vs defended images (the SD family class of amsmooth.families, same seed) and the certificate
+undefended vs defended images (the SD family class of amsmooth.pipelines, same seed) and the certificate
 (amsmooth.certify).
 
 Not thread-safe by design: the server runs every call on its single worker thread (``worker.WorkQueue``).
@@ -21,8 +21,8 @@ from ..concepts import BUILTIN, Concept, resolve_concept
 from ..config import SmoothingConfig
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
-from ..families import FamilyDefense, undefended
-from ..families.registry import as_defended
+from ..pipelines import FamilyDefense, undefended
+from ..pipelines.registry import as_defended
 from ..relevance import WordCache, is_high
 from ..smoothing import AdaptiveMedianSmoothing
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 
 # train method → which Linear/Conv2d modules (by their name in the diffusers U-Net) are fine-tuned.
@@ -120,7 +121,6 @@ class ESDTrainer:
     def __init__(self, pipe: Any, erase: Sequence[str], settings: ESDSettings) -> None:
         from diffusers import DDIMScheduler
 
-        from ..encoders import TextEncoder
 
         settings.validate()
         self.erase = check_texts(erase, "erase")

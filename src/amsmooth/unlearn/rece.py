@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 from .esd import check_texts
 from .uce import EditTokens, UCESettings, closed_form, cross_attention_projections, targets, uce
@@ -105,8 +106,6 @@ def rece(pipe: Any, erase: Sequence[str], guide: Sequence[str] | None = None, pr
     each round, as the regulariser's texts (default there: " " once per erase text, as the reference).
     Deterministic: no randomness.
     """
-    from ..encoders import TextEncoder
-
     settings.validate()
     erase = check_texts(erase, "erase")
     state = uce(pipe, erase, guide=guide, preserve=preserve, settings=settings.uce)

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 from .esd import check_texts
 
@@ -132,8 +133,6 @@ def uce(pipe: Any, erase: Sequence[str], guide: Sequence[str] | None = None, pre
 
     guide: None, one text for all erase texts, or one per erase text.
     """
-    from ..encoders import TextEncoder
-
     settings.validate()
     erase = check_texts(erase, "erase")
     guide = [" "] * len(erase) if not guide else [str(g) for g in guide]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..eval.detectors import Detection
 from . import world as W
 
 SHIFTS = range(-2, 3)
@@ -313,8 +314,6 @@ class LabDetector:
         return {"name": self.name, "rule": rule}
 
     def detect(self, images: Sequence[Any]) -> list:
-        from ..eval.detectors import Detection
-
         out = []
         for image in images:
             r = read(image)

@@ -19,7 +19,7 @@ from ..relevance_methods import STOPWORDS
 from ..relevance_quality import QualityRow, TokenClass, relevance_quality
 from ..smoothing import AdaptiveMedianSmoothing
 from .captions import LEXICONS
-from .prompts import prompt_set
+from .prompt_sets import prompt_set
 
 LEXICON_CLASSES = ("training", "held-out synonyms", "held-out phrases", "implicit")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import AmsmoothError
 from . import world as W
 from .captions import Caption, describe, lookalike, sample_scene, training_captions
+from .train import TrainSettings
 
 KINDS = ("benign", "train", "heldout", "implicit", "lookalike")
 FIELDS = ("prompt", "case_number", "evaluation_seed", "evaluation_guidance", "concept", "asked", "scene")
@@ -69,8 +70,6 @@ def prompt_set(kind: str, n: int, concept: str = "nudity", split_seed: int = 1, 
 
 
 def _training_texts() -> set[str]:
-    from .train import TrainSettings
-
     s = TrainSettings()
     return {c.text for c in training_captions(s.images, s.seed, s.concept_share)}
 

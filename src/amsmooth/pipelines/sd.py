@@ -49,3 +49,8 @@ class DefendedStableDiffusionImg2ImgPipeline(_SDFamily, StableDiffusionImg2ImgPi
 
 class DefendedStableDiffusionInpaintPipeline(_SDFamily, StableDiffusionInpaintPipeline):
     """``StableDiffusionInpaintPipeline`` with Adaptive Median Smoothing."""
+
+
+CLASSES = {StableDiffusionPipeline: DefendedStableDiffusionPipeline,
+           StableDiffusionImg2ImgPipeline: DefendedStableDiffusionImg2ImgPipeline,
+           StableDiffusionInpaintPipeline: DefendedStableDiffusionInpaintPipeline}

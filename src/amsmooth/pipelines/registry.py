@@ -9,23 +9,16 @@ from typing import Any
 from ..concepts import Concept
 from ..config import SmoothingConfig
 from ..errors import AmsmoothError
+from . import flux, sd, sd3, sdxl
 from .mixin import DefendedMixin
+
+# family → its module (its text-encoder slots and CLASSES: diffusers class → defended class)
+_FAMILY_MODULES = {"sd": sd, "sdxl": sdxl, "sd3": sd3, "flux": flux}
 
 
 def _registry() -> dict[type, tuple[str, type]]:
     """diffusers class → (family, defended class)."""
-    from . import sd
-
-    table = {sd.StableDiffusionPipeline: ("sd", sd.DefendedStableDiffusionPipeline),
-             sd.StableDiffusionImg2ImgPipeline: ("sd", sd.DefendedStableDiffusionImg2ImgPipeline),
-             sd.StableDiffusionInpaintPipeline: ("sd", sd.DefendedStableDiffusionInpaintPipeline)}
-    for name in ("sdxl", "sd3", "flux"):
-        try:
-            module = __import__(f"{__package__}.{name}", fromlist=["CLASSES"])
-        except ImportError:  # pragma: no cover - a diffusers without that family
-            continue
-        table.update({base: (name, cls) for base, cls in module.CLASSES.items()})
-    return table
+    return {base: (name, cls) for name, module in _FAMILY_MODULES.items() for base, cls in module.CLASSES.items()}
 
 
 FAMILIES = ("sd", "sdxl", "sd3", "flux")
@@ -96,9 +89,4 @@ def undefended(pipe: Any) -> Any:
 
 def family_slots(family: str) -> tuple:
     """The text-encoder slots of ``sd``, ``sdxl``, ``sd3`` or ``flux``."""
-    from .flux import FLUX_SLOTS
-    from .sd import SD_SLOTS
-    from .sd3 import SD3_SLOTS
-    from .sdxl import SDXL_SLOTS
-
-    return {"sd": SD_SLOTS, "sdxl": SDXL_SLOTS, "sd3": SD3_SLOTS, "flux": FLUX_SLOTS}[family]
+    return {"sd": sd.SD_SLOTS, "sdxl": sdxl.SDXL_SLOTS, "sd3": sd3.SD3_SLOTS, "flux": flux.FLUX_SLOTS}[family]

@@ -31,6 +31,7 @@ from ..eval.store import CaseClaims, config_diff
 from ..io import check_output_file, write_failed
 from ..prompts import PromptCase
 from .base import AttackResult, TextAttack
+from .stats import bootstrap_mean
 
 FORMAT = "amsmooth-attack-v1"
 COLUMNS = ["case_number", "prompt", "evaluation_seed", "evaluation_guidance", "source_prompt", "attack",
@@ -223,8 +224,6 @@ def _attack_one(attack: TextAttack, case: PromptCase, seed: int, progress: bool)
 def summarize(path: str | Path, seed: int = 0) -> str:
     """One line about an attack CSV: rows, exact re-tokenizations, mean loss with its bootstrap 95 % CI over
     prompts (the loss is each attack's own objective: compare rows of one attack and setting only)."""
-    from .stats import bootstrap_mean
-
     with Path(path).open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
