@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AmsmoothError
-from ..models.load import load_encoder
 from ..prompts import PromptCase, read_prompts_file
 from .common import (
     SMOOTHING_OPTIONS,
@@ -161,6 +160,7 @@ def build_attack(args: argparse.Namespace, cases: Sequence[PromptCase] = ()):  #
     """The attack of ``args`` (text-encoder or U-Net), its defense if ``--adaptive``; ``cases`` are checked for
     target images before the model is loaded."""
     from ..attacks import UNET_ATTACKS, attack_class
+    from ..models.load import load_encoder  # lazy: `amsmooth attack --help` without diffusers
 
     cls = attack_class(args.attack)
     config = attack_config(args, cls)

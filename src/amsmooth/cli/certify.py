@@ -10,7 +10,6 @@ import time
 import torch
 
 from ..certify import PromptCertificate, certify, check_arguments, typical_token_distance
-from ..models.load import load_encoder
 from ..smoothing import AdaptiveMedianSmoothing
 from .common import (
     add_concept_args,
@@ -77,6 +76,8 @@ def _progress(total: int, disable: bool):  # noqa: ANN202 - a tqdm bar
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models.load import load_encoder  # lazy: `amsmooth certify --help` without diffusers
+
     check_arguments(args.rho, args.samples, args.alpha, args.chunk)
     cases = collect_prompts(args.prompts, args.prompts_file, allow_empty=True)
     config = smoothing_config(args)

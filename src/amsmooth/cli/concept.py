@@ -5,7 +5,6 @@ import argparse
 
 from ..concepts import Concept, is_concept_file
 from ..io import check_output_file
-from ..models.load import load_encoder
 from .common import add_encoder_args
 
 
@@ -24,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
+    from ..models.load import load_encoder  # lazy: `amsmooth concept --help` without diffusers
+
     out = check_output_file(args.out, ours=is_concept_file, written_by="amsmooth concept build")
     enc = load_encoder(args.encoder, args.max_length)
     concept = Concept.from_pairs(enc, args.pairs, name=args.name, positive_column=args.positive_column,

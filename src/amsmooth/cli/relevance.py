@@ -7,7 +7,6 @@ import math
 import sys
 import warnings
 
-from ..models.load import is_family, load_encoder
 from ..relevance import is_high
 from ..smoothing import AdaptiveMedianSmoothing
 from .common import (
@@ -51,6 +50,8 @@ def format_table(result: dict, sigma0: float, color: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models.load import is_family, load_encoder  # lazy: `amsmooth relevance --help` without diffusers
+
     cases = collect_prompts(args.prompts, args.prompts_file, allow_empty=True)
     config = smoothing_config(args)
     if is_family(args.encoder):
