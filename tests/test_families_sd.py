@@ -9,7 +9,6 @@ from PIL import Image
 
 from amsmooth import AmsmoothError, SmoothingConfig
 from amsmooth.models.tiny import tiny_pipeline
-from amsmooth.pipeline import DefendedPipeline
 from amsmooth.pipelines import (
     DefendedStableDiffusionImg2ImgPipeline,
     DefendedStableDiffusionInpaintPipeline,
@@ -44,12 +43,10 @@ def _mask() -> Image.Image:
     return Image.fromarray(m)
 
 
-def test_from_pipeline_picks_the_diffusers_class(pipe):
-    dp = DefendedPipeline.from_pipeline(pipe, ["nudity"], SmoothingConfig(n=3))
+def test_defend_pipeline_picks_the_diffusers_class(pipe):
+    dp = defend_pipeline(pipe, ["nudity"], SmoothingConfig(n=3))
     assert isinstance(dp, DefendedStableDiffusionPipeline) and dp.unet is pipe.unet
     assert dp.unet.config.sample_size == 32           # the shared U-Net's config is left as it was
-    with pytest.raises(AmsmoothError, match="wrapper was removed"):   # the compatibility name builds nothing else
-        DefendedPipeline(pipe)
 
 
 @pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint"])
