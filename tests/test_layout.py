@@ -21,7 +21,7 @@ PENDING_CYCLES = {
     frozenset({"amsmooth.lab.report", "amsmooth.lab.table"}),
 }
 PENDING_NAMES = {
-    "bench.py",   # amsmooth/bench.py, families/bench.py: timing harnesses that item 3 moves to benchmarks/
+    "bench.py",   # amsmooth/bench.py, pipelines/bench.py: timing harnesses that item 3 moves to benchmarks/
 }
 
 
