@@ -342,8 +342,6 @@ def proximity_anchors(ctx: RelevanceContext, concept: Concept) -> tuple[torch.Te
     direction Δ_c^pool = mean over the concept's pairs of P(positive) − P(negative), then the
     ``PROXIMITY_WORDS`` candidate words of its pairs (:func:`candidate_words`) whose P(w) − centre is most
     aligned with Δ_c^pool, each as P(w) − centre."""
-    from .relevance_scale import neutral_words
-
     pos, neg = concept_pairs(concept, "proximity")
     cands = candidate_words(pos, neg)
     if not cands:
