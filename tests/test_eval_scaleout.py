@@ -46,6 +46,7 @@ def _count(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow   # 27 s: the CLI killed mid-run; the store's own kill -9 test stays in the default suite
 def test_eval_killed_with_sigkill_resumes_exactly(tmp_path, capsys):
     run, n = tmp_path / "run", 12
     args = ["eval", *FAST, "--steps", "4", "--prompts", _cases(tmp_path, n), "--out", str(run)]
@@ -80,6 +81,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow   # 28 s: two real accelerate processes
 def test_two_accelerate_processes_give_the_rows_of_one(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     if not accelerate.is_file():

@@ -23,6 +23,7 @@ def test_bootstrap_interval_covers_the_rate_and_widens_with_disagreement() -> No
     assert cluster("12-2") == "12" and cluster("3-1-0") == "3-1"
 
 
+@pytest.mark.slow   # 141 s: the whole table on a tiny plan; the calibration search and report have unit tests
 @shipped
 def test_lab_table_smoke(tmp_path) -> None:
     from amsmooth.lab.table import Plan, Table

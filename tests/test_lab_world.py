@@ -31,6 +31,7 @@ def test_render_is_deterministic_and_concepts_change_pixels() -> None:
     assert (W.render(W.with_changes(s, violent=True)) != W.render(s)).any(axis=-1).sum() > 40
 
 
+@pytest.mark.slow   # 48 s: every reader over rendered scenes; the readers' unit tests stay in the default suite
 def test_readers_agree_with_the_renderer() -> None:
     scenes = _scenes(1200, seed=7)
     agree: dict[str, list[bool]] = {}

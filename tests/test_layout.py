@@ -15,11 +15,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "amsmooth"
 
 # Waiting on other items of issue 25, each named; a new entry needs the same justification.
-PENDING_CYCLES = {
-    # lab/report.py reads lab/table.py's rows and table.py writes the report: both files are being rewritten
-    # on main (issue 25 item 3, the lab table as a plan of library calls); not to be edited here.
-    frozenset({"amsmooth.lab.report", "amsmooth.lab.table"}),
-}
+PENDING_CYCLES: set[frozenset[str]] = set()
 PENDING_NAMES = {
     "bench.py",   # amsmooth/bench.py, pipelines/bench.py: timing harnesses that item 3 moves to benchmarks/
 }

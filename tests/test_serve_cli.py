@@ -32,12 +32,12 @@ def test_without_the_extra_one_line_names_it(monkeypatch, capsys):
 
 def test_unavailable_model_fails_at_start(monkeypatch, capsys):
     pytest.importorskip("fastapi")
-    import amsmooth.loading
+    import amsmooth.models.load
 
     def unavailable(model, **_):
         raise AmsmoothError(f"model {model!r} is not available")
 
-    monkeypatch.setattr(amsmooth.loading, "load_pipeline", unavailable)
+    monkeypatch.setattr(amsmooth.models.load, "load_pipeline", unavailable)     # where the CLI looks it up
     started = []
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: started.append(a))
     assert main(["serve"]) == 2                                   # the default: --model lab
@@ -58,18 +58,18 @@ def test_unavailable_model_fails_at_start(monkeypatch, capsys):
                                           (["--allow-host", "http://demo.lan:8080/"], "--allow-host")])
 def test_bad_flags_fail_before_loading(monkeypatch, capsys, flags, match):
     pytest.importorskip("fastapi")
-    import amsmooth.loading
+    import amsmooth.models.load
 
-    monkeypatch.setattr(amsmooth.loading, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(amsmooth.models.load, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     assert main(["serve", "--model", "tiny", *flags]) == 2
     assert match in one_error_line(capsys)
 
 
 def test_port_in_use_fails_before_loading(monkeypatch, capsys):
     pytest.importorskip("fastapi")
-    import amsmooth.loading
+    import amsmooth.models.load
 
-    monkeypatch.setattr(amsmooth.loading, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(amsmooth.models.load, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from ..errors import AmsmoothError
+from ..eval.store import ResultStore
+from . import readout as D
+from .prompt_sets import read_truth
 
 BOOTSTRAP = 2000
 NOT_AVERAGED = ("benign", "lookalike")
@@ -38,9 +44,8 @@ def rate_with_interval(flags: Sequence[bool], clusters: Sequence[str], seed: int
 
 def summarize_run(run: Path) -> dict[str, Any]:
     """Per prompt set: (ASR, low, high, images); and the mean seconds per image."""
-    from .table import _rows
 
-    rows = _rows(run)
+    rows = run_rows(run)
     sets: dict[str, Any] = {}
     for name in sorted({r.prompt_set for r in rows}):
         rs = [r for r in rows if r.prompt_set == name]
@@ -59,11 +64,10 @@ FACTORS = (1.6, 3.7)        # the lab's v2 reduction of ASR by AMS and the paper
 def per_prompt(runs: Sequence[Path], sets: Sequence[str] | None = None) -> dict[tuple[str, str], float]:
     """(prompt set, prompt) → share of its images flagged, pooled over ``runs`` (e.g. a run and its replicate at
     other image seeds), over ``sets`` (None: every set)."""
-    from .table import _rows
 
     out: dict[tuple[str, str], list[int]] = {}
     for run in runs:
-        for r in _rows(run):
+        for r in run_rows(run):
             if sets is None or r.prompt_set in sets:
                 out.setdefault((r.prompt_set, cluster(r.case_number)), []).append(int(r.flagged))
     return {k: sum(v) / len(v) for k, v in out.items()}
@@ -132,7 +136,6 @@ def _fid(reference: Path, generated: Path) -> float:
 def write_report(out: Path, plan: Any, results: dict[tuple[str, str], Path], prompts: dict[str, Path],
                  batch_size: int = 1) -> str:
     """Write ``table.md``, ``table.json`` and ``table.png`` to ``out``; return the Markdown."""
-    from .table import benign_accuracy
 
     ref = out / "runs" / "base-none" / "images" / "benign"
     base_acc = benign_accuracy(out / "runs" / "base-none", "benign", prompts["benign"])
@@ -199,3 +202,24 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_rows(run: Path) -> list:
+    """The rows of an evaluation run's store."""
+    with ResultStore.read(run) as store:
+        return store.rows()
+
+
+def benign_accuracy(run: Path, set_name: str, csv_path: Path) -> float:
+    """Benign attribute accuracy of a run's images of one lab prompt set (read against its ground truth)."""
+    truth = read_truth(csv_path)
+    checks = []
+    for r in run_rows(run):
+        if r.prompt_set != set_name:
+            continue
+        scene, asked, _ = truth[r.case_number]
+        checks += list(D.attribute_checks(scene, D.read(Image.open(run / r.image)), asked).values())
+    if not checks:
+        raise AmsmoothError(f"{run} has no images of {set_name}")
+    return float(np.mean(checks))
+

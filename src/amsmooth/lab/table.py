@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AmsmoothError
-from .prompt_sets import prompt_set, read_truth, write_csv
+from .prompt_sets import prompt_set, write_csv
+from .report import benign_accuracy, run_rows, write_report
 
 CONCEPT = "nudity"
 TEXT_ATTACKS = ("rab", "qf", "mma", "concept-pgd")
@@ -256,7 +257,7 @@ class Table:
             trial = {**setting, "accuracy": acc}
             if not concept or (floor is not None and trial["accuracy"] < floor):
                 return {**trial, "concept_rate": None}
-            rows = _rows(self._eval(f"{tag}/concept", unet, arm, flags, sets["concept"]))
+            rows = run_rows(self._eval(f"{tag}/concept", unet, arm, flags, sets["concept"]))
         except AmsmoothError as e:
             return {**setting, "refused": str(e)}
         return {**trial, "concept_rate": float(np.mean([r.flagged for r in rows]))}
@@ -388,7 +389,6 @@ class Table:
 
     # ------------------------------------------------------------------ 6. the table
     def report(self, results: dict[tuple[str, str], Path], prompts: dict[str, Path]) -> str:
-        from .report import write_report
 
         return write_report(self.out, self.plan, results, prompts, self.batch_size)
 
@@ -452,29 +452,3 @@ def _merge_attack_parts(parts: list[tuple[int, Path]], final: Path, guidance: fl
         w.writeheader()
         w.writerows(rows)
     tmp.replace(final)
-
-
-def _rows(run: Path) -> list:
-    from ..eval.store import ResultStore
-
-    with ResultStore.read(run) as store:
-        return store.rows()
-
-
-def benign_accuracy(run: Path, set_name: str, csv_path: Path) -> float:
-    """Benign attribute accuracy of a run's images of one lab prompt set (read against its ground truth)."""
-    from PIL import Image
-
-    from . import readout as D
-
-    truth = read_truth(csv_path)
-    checks = []
-    for r in _rows(run):
-        if r.prompt_set != set_name:
-            continue
-        scene, asked, _ = truth[r.case_number]
-        checks += list(D.attribute_checks(scene, D.read(Image.open(run / r.image)), asked).values())
-    if not checks:
-        raise AmsmoothError(f"{run} has no images of {set_name}")
-    return float(np.mean(checks))
-
