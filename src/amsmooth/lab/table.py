@@ -238,8 +238,7 @@ class Table:
         trials = []
         for k in dict.fromkeys(s["k"] for s in grid):
             for setting in sorted((s for s in grid if s["k"] == k), key=lambda s: s["sigma0"]):
-                t = self._trial(name, unet, arm, setting, sets, prompts, None if arm == "ams-equal" else floor,
-                                concept=arm != "ams-equal")
+                t = self._trial(name, unet, arm, setting, sets, prompts, floor, concept=arm != "ams-equal")
                 trials.append(t)
                 if "refused" in t or t["accuracy"] < floor:
                     break
