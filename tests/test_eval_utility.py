@@ -30,14 +30,14 @@ def coco(tmp_path_factory):
 def ams_run(tmp_path_factory, coco, tiny_clip_dir):
     """AMS against the undefended model as reference, with CLIP score, run as two shards one after the other:
     the first finds the other's images missing and leaves the metrics to it."""
-    import amsmooth.cli.runs as cli_runs
+    import amsmooth.eval.session as session
 
     run = tmp_path_factory.mktemp("utility") / "ams"
     args = ["utility", *FAST, "--defense", "ams", "--prompts", str(coco), "--reference-defense", "none",
             "--clip", str(tiny_clip_dir), "--out", str(run)]
     for index in (0, 1):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cli_runs, "process_shard", lambda device, i=index: (Shard(i, 2), device))
+            mp.setattr(session, "process_shard", lambda device, i=index: (Shard(i, 2), device))
             assert main(args) == 0
         with ResultStore.read(run) as store:
             assert store.count() == 2 * (index + 1) and ("fid" in store.metrics()) == (index == 1)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import AmsmoothError
-from ..eval.runner import run_jobs
+from ..eval.session import DetectorSpec, evaluate
 from .model_options import add_generation_args, add_model_args
-from .runs import add_defense_args, add_run_args, prepare, report_progress
+from .runs import add_defense_args, add_run_args, report_progress, run_request
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,22 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..eval.detectors import DETECTORS, make_detector
-    from ..eval.tables import summarize
-
-    if args.detector not in DETECTORS:
-        raise AmsmoothError(f"unknown detector {args.detector!r}; choose one of: {', '.join(DETECTORS)}")
-    run = prepare(args, "eval", detector=lambda device: make_detector(
-        args.detector, args.threshold, args.detector_classes, args.q16_clip, device))
-    with run.store:
-        stats = run_jobs(run.defense, run.my_jobs, run.settings, run.run_dir, run.store, run.detector,
-                         batch_size=args.batch_size)
-        report_progress("eval", run, stats)
-        if run.shard.count == 1:
-            for name, (flagged, scored) in summarize(run.store).counts.items():
-                print(f"  {name}: ASR {100.0 * flagged / scored:.2f}% ({flagged}/{scored} images flagged)")
-    print(f"results: {run.run_dir / 'results.sqlite'}; tables: amsmooth report {run.run_dir}", file=sys.stderr)
+    request = run_request(args)
+    detector = DetectorSpec(args.detector, args.threshold,
+                            tuple(args.detector_classes) if args.detector_classes else None, args.q16_clip)
+    counts = evaluate(request, detector, on_run=lambda run, stats: report_progress("eval", run, stats))
+    for name, (flagged, scored) in counts.items():
+        print(f"  {name}: ASR {100.0 * flagged / scored:.2f}% ({flagged}/{scored} images flagged)")
+    print(f"results: {request.out / 'results.sqlite'}; tables: amsmooth report {request.out}", file=sys.stderr)
     return 0

@@ -7,14 +7,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import AmsmoothError
-from ..limits import GUIDANCE, IMAGE_SIDE, IMAGES_PER_PROMPT, STEPS, STRENGTH
-from ..models.hub import quiet_libraries
+from ..eval.runner import GenerationSettings
+from ..eval.session import DTYPES, ModelSource, check_generation
+from ..limits import STRENGTH
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
@@ -52,40 +50,27 @@ def validate_generation(args: argparse.Namespace) -> None:
         from ..models.load import default_steps
 
         args.steps = default_steps(getattr(args, "model", None) or "")
-    STEPS.check(args.steps)
-    GUIDANCE.check(args.guidance)
     STRENGTH.check(getattr(args, "strength", None))
-    for name in ("height", "width"):
-        v = getattr(args, name)
-        if v is not None and (v < 8 or v % 8):
-            raise AmsmoothError(f"--{name} must be a positive multiple of 8, got {v}")
-        IMAGE_SIDE.check(v, f"--{name}")
-    IMAGES_PER_PROMPT.check(args.images_per_prompt)
-    if getattr(args, "batch_size", 1) < 1:
-        raise AmsmoothError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_generation(generation_settings(args), getattr(args, "batch_size", 1))
+
+
+def model_source(args: argparse.Namespace) -> ModelSource:
+    """The pipeline the model flags name."""
+    return ModelSource(args.model, unet=args.unet, transformer=getattr(args, "transformer", None),
+                       text_encoder=args.text_encoder, device=args.device, dtype=args.dtype)
 
 
 def resolve_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype:
-    if args.dtype:
-        return DTYPES[args.dtype]
-    return torch.float16 if device.type == "cuda" else torch.float32
+    return model_source(args).torch_dtype(device)
 
 
 def load_model(args: argparse.Namespace, device: torch.device | None = None,
                img2img: bool = False) -> DiffusionPipeline:
     """The pipeline of --model (+ --unet / --text-encoder replacements) on ``device`` (default: --device)."""
-    from ..models.load import load_pipeline, resolve_device
-
-    quiet_libraries()
-    device = device or resolve_device(args.device)
-    return load_pipeline(args.model, unet=args.unet, text_encoder=args.text_encoder, device=device,
-                         dtype=resolve_dtype(args, device), img2img=img2img,
-                         transformer=getattr(args, "transformer", None))
+    return model_source(args).load(device, img2img=img2img)
 
 
-def generation_settings(args: argparse.Namespace):  # noqa: ANN201 - eval.runner.GenerationSettings
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The generation flags of ``add_generation_args`` as the data contract's per-case settings."""
-    from ..eval.runner import GenerationSettings
-
     return GenerationSettings(args.images_per_prompt, args.steps, args.guidance, args.seed, args.height,
                               args.width, args.negative_prompt)

@@ -1,21 +1,14 @@
-"""What ``eval`` and ``utility`` share: the defense and run options, the resolved run configuration, and
-``prepare`` (check everything, then load; RUN_DIR is written last)."""
+"""What ``eval`` and ``utility`` share: the defense and run options, and the typed run they describe
+(``eval.session.RunRequest``; ``eval.session.prepare`` checks it, loads, and writes RUN_DIR last)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from ..errors import AmsmoothError
-from ..eval.defenses import DEFENSES, Defense, DefenseSpec
-from ..eval.runner import GenerationSettings, Job, RunStats, Shard, load_prompt_sets, make_jobs, process_shard
-from ..eval.store import ResultStore
-from ..io import check_writable_dir
-from ..model_relevance import attach_model_aware
+from ..eval.defenses import DEFENSES, DefenseSpec
+from ..eval.runner import RunStats
+from ..eval.session import Run, RunRequest
 from ..pipelines.unet_stage import STAGES
 from .common import (
     SAFREE_OPTIONS,
@@ -27,10 +20,7 @@ from .common import (
     smoothing_config,
     smoothing_flags_text,
 )
-from .model_options import generation_settings, load_model, resolve_dtype, validate_generation
-
-# Config keys that may change when a run is resumed: they do not change any image.
-VOLATILE = ("limit", "device", "prompt_files", "versions", "reference", "clip")
+from .model_options import generation_settings, model_source, validate_generation
 
 
 def add_defense_args(p: argparse.ArgumentParser) -> None:
@@ -81,94 +71,12 @@ def defense_spec(args: argparse.Namespace) -> DefenseSpec:
                              safree_config(args) if safree else None)
 
 
-def model_label(args: argparse.Namespace) -> str | None:
-    if args.model_label:
-        return args.model_label
-    replaced = args.unet or args.text_encoder
-    return Path(replaced.rstrip("/")).stem if replaced else None
-
-
-def versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    from .. import __version__
-
-    return {"amsmooth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__}
-
-
-@dataclass
-class Run:
-    """Everything one process of a run needs."""
-
-    run_dir: Path
-    store: ResultStore
-    defense: Defense
-    pipe: Any
-    jobs: list[Job]          # the whole run's cases (every process)
-    shard: Shard
-    settings: GenerationSettings
-    device: torch.device
-    detector: Any = None
-    preloaded: Any = None    # what prepare's ``preload`` returned (utility: the reference model's pipeline)
-
-    @property
-    def my_jobs(self) -> list[Job]:
-        return self.shard.take(self.jobs)
-
-
-def run_config(args: argparse.Namespace, command: str, spec: DefenseSpec, sets: list, device: torch.device,
-               settings: GenerationSettings, extra: dict[str, Any]) -> dict[str, Any]:
-    """The resolved configuration written once to RUN_DIR/config.json."""
-    return {"command": command, "model": args.model, "unet": args.unet, "text_encoder": args.text_encoder,
-            "model_label": model_label(args), "label": args.label,
-            "dtype": str(resolve_dtype(args, device)).removeprefix("torch."),
-            "defense": spec.name, "defense_config": spec.settings(),
-            "prompt_sets": {s.name: {"sha1": s.sha1, "cases": len(s.cases)} for s in sets},
-            "prompt_files": {s.name: str(s.path) for s in sets},
-            "generation": asdict(settings),
-            "limit": args.limit, "device": str(device), "versions": versions(), **extra}
-
-
-def prepare(args: argparse.Namespace, command: str, extra: dict[str, Any] | None = None,
-            detector: Callable[[torch.device], Any] | None = None,
-            preload: Callable[[torch.device], Any] | None = None) -> Run:
-    """Check everything cheap first, then the detector, the RUN_DIR's config, the model (and ``preload``'s,
-    e.g. a reference model); write the config last, so a failure at any step leaves RUN_DIR as it was."""
-    from ..models.load import resolve_device
-
+def run_request(args: argparse.Namespace) -> RunRequest:
+    """The run the flags describe (checked when prepared: ``eval.session.prepare``)."""
     validate_generation(args)
-    if args.limit is not None and args.limit < 1:
-        raise AmsmoothError(f"--limit must be >= 1, got {args.limit}")
-    spec = defense_spec(args)
-    sets = load_prompt_sets(args.prompts)
-    run_dir = Path(args.out)
-    check_writable_dir(run_dir)
-    shard, device = process_shard(resolve_device(args.device))
-    det = detector(device) if detector is not None else None
-    settings = generation_settings(args)
-    extra = dict(extra or {})
-    if det is not None:
-        extra["detector"] = det.settings()
-    config = run_config(args, command, spec, sets, device, settings, extra)
-    ResultStore.check(run_dir, config, VOLATILE)
-    pipe = load_model(args, device)
-    defense = spec.build(pipe, device)
-    if spec.model_aware:
-        attach_model_aware(defense.pipeline, reference_unet(args.model, spec.model_aware, device),
-                           spec.ams.concepts[0])
-    preloaded = preload(device) if preload is not None else None
-    store = ResultStore.open(run_dir, config, VOLATILE)
-    return Run(run_dir, store, defense, pipe, make_jobs(sets, args.limit), shard, settings, device, det,
-               preloaded)
-
-
-def reference_unet(model: str, reference: str, device: torch.device) -> Any:
-    """The U-Net of --model-aware: 'base' is --model's own (before --unet), else --model with that U-Net file."""
-    from ..models.load import load_pipeline
-
-    return load_pipeline(model, unet=None if reference == "base" else reference, device=device).unet.eval()
+    return RunRequest(model_source(args), defense_spec(args), tuple(args.prompts), Path(args.out),
+                      generation_settings(args), limit=args.limit, label=args.label, model_label=args.model_label,
+                      batch_size=getattr(args, "batch_size", 1))
 
 
 def report_progress(command: str, run: Run, stats: RunStats) -> None:

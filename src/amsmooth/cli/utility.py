@@ -9,8 +9,9 @@ from typing import Any
 
 from ..eval.defenses import DefenseSpec
 from ..eval.runner import IMAGES, Job, image_path, run_jobs
+from ..eval.session import Run, prepare
 from .model_options import add_generation_args, add_model_args
-from .runs import Run, add_defense_args, add_run_args, prepare, report_progress
+from .runs import add_defense_args, add_run_args, report_progress, run_request
 
 REFERENCE = "reference"  # RUN_DIR/reference/<set>/…: images of --reference-defense none
 CLIP_SKIPPED = ("CLIP score: skipped — no --clip SRC given. amsmooth ships no CLIP weights: pass a CLIP checkpoint "
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reference:
         check_reference(Path(args.reference))
     reference = reference_label(args)
-    run = prepare(args, "utility", extra={"reference": reference, "clip": args.clip},
+    run = prepare(run_request(args), "utility", extra={"reference": reference, "clip": args.clip},
                   preload=lambda device: reference_pipeline(args, device) if args.reference_model else None)
     folder = reference_folder(args)
     with run.store:
