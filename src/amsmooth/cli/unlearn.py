@@ -3,13 +3,8 @@ JSON sidecar."""
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..errors import AmsmoothError
 from ..prompts import text_lines
@@ -195,123 +190,22 @@ def method_settings(args: argparse.Namespace):  # noqa: ANN201 - the method's se
         args.method_name](args)
 
 
-def _versions() -> dict[str, str]:
-    import diffusers
-
-    from .. import __version__
-
-    return {"amsmooth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "python": platform.python_version()}
-
-
-def _check_guide(args: argparse.Namespace, erase: list[str]) -> None:
-    if args.guide and len(args.guide) not in (1, len(erase)):
-        raise AmsmoothError(f"{len(args.guide)} --guide texts for {len(erase)} erase texts; give one --guide, "
-                            f"or one per --erase")
-
-
-def _progress_bar(args: argparse.Namespace, total: int, desc: str):  # noqa: ANN202 - tqdm
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="it", file=sys.stderr, disable=args.no_progress)
-
-
-def _run_esd(args: argparse.Namespace, pipe: Any, erase: list[str], settings: Any) -> tuple[dict, dict]:
-    from ..unlearn import esd
-
-    losses: list[float] = []
-    bar = _progress_bar(args, settings.iterations, f"ESD-{settings.method}")
-
-    def progress(it: int, loss: float) -> None:
-        losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4g}")
-
-    state = esd(pipe, erase, settings, torch.Generator().manual_seed(args.seed), progress=progress)
-    bar.close()
-    return state, {"seed": args.seed, "losses": losses}
-
-
-def _run_race(args: argparse.Namespace, pipe: Any, erase: list[str], settings: Any) -> tuple[dict, dict]:
-    import copy
-
-    from ..models.weights import load_unet_weights
-    from ..unlearn import race
-
-    start = None
-    if args.pretrained_esd:
-        unet = copy.deepcopy(pipe.unet)
-        load_unet_weights(unet, args.pretrained_esd)
-        start = unet.state_dict()
-    bar = _progress_bar(args, settings.iterations + (0 if start else settings.esd.iterations), "ESD → RACE")
-
-    def progress(stage: str, it: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(stage=stage, loss=f"{loss:.4g}")
-
-    state, log = race(pipe, erase, settings, torch.Generator().manual_seed(args.seed), start=start,
-                      progress=progress)
-    bar.close()
-    return state, {"seed": args.seed, "pretrained_esd": args.pretrained_esd, "esd_losses": log.esd_losses,
-                   "losses": log.losses, "attack_losses": log.attack_losses}
-
-
-def _run_uce(args: argparse.Namespace, pipe: Any, erase: list[str], settings: Any) -> tuple[dict, dict]:
-    from ..unlearn import uce
-
-    preserve = preserve_texts(args)
-    state = uce(pipe, erase, guide=args.guide, preserve=preserve, settings=settings)
-    return state, {"seed": None, "guide": args.guide, "towards_uncond": not args.guide, "preserve": preserve}
-
-
-def _run_rece(args: argparse.Namespace, pipe: Any, erase: list[str], settings: Any) -> tuple[dict, dict]:
-    from ..unlearn import rece
-
-    preserve = preserve_texts(args)
-    state, history = rece(pipe, erase, guide=args.guide, preserve=preserve, settings=settings)
-    return state, {"seed": None, "guide": args.guide, "towards_uncond": not args.guide, "preserve": preserve,
-                   "epochs": [h.to_dict() for h in history]}
-
-
-RUNNERS = {"esd": _run_esd, "uce": _run_uce, "rece": _run_rece, "race": _run_race}
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..models.hub import quiet_libraries
-    from ..models.load import load_pipeline, resolve_device
-    from ..models.weights import source_kind
-    from ..unlearn import check_output, save_unet
+    from ..unlearn.request import UnlearnRequest, unlearn
 
     _check_flags(args)
     erase = erase_texts(args)
-    out = check_output(args.out, args.overwrite)
     settings = method_settings(args)
-    if args.method_name in ("uce", "rece"):
-        _check_guide(args, erase)
-        preserve_texts(args)                      # a bad --preserve-file fails before the model is loaded
-    if getattr(args, "pretrained_esd", None):
-        source_kind(args.pretrained_esd)          # a missing file fails before the model is loaded
-    device = resolve_device(args.device)
-    quiet_libraries()
-    started = time.perf_counter()
-    pipe = load_pipeline(args.model, unet=args.unet, device=device)
-    loaded = time.perf_counter()
-    info: dict[str, Any] = {"method": args.method_name, "model": args.model, "unet": args.unet,
-                            "concept": args.concept if not args.erase else None, "erase": erase,
-                            "budget": args.budget or "reference", "settings": settings.to_dict(),
-                            "device": str(device), "dtype": "float32"}
-    state, extra = RUNNERS[args.method_name](args, pipe, erase, settings)
-    info.update(extra)
-    done = time.perf_counter()
-    original = pipe.unet.state_dict()
-    changed = sorted(k for k, v in state.items() if not torch.equal(v, original[k].to("cpu")))
-    info.update(changed_tensors=len(changed), changed_parameters=sum(state[k].numel() for k in changed),
-                timings={"load_s": round(loaded - started, 3), "unlearn_s": round(done - loaded, 3)},
-                versions=_versions())
-    iterations = len(extra.get("losses", [])) + len(extra.get("esd_losses", []))
-    if iterations:
-        info["timings"]["per_iteration_s"] = round((done - loaded) / iterations, 4)
-    save_unet(state, out, info)
+    uce_like = args.method_name in ("uce", "rece")
+    request = UnlearnRequest(
+        args.method_name, args.model, tuple(erase), settings, Path(args.out), unet=args.unet,
+        guide=tuple(args.guide) if uce_like and args.guide else None,
+        preserve=tuple(preserve_texts(args)) if uce_like else (),      # a bad --preserve-file fails before loading
+        pretrained_esd=getattr(args, "pretrained_esd", None), seed=args.seed, device=args.device,
+        concept=args.concept if not args.erase else None, budget=args.budget or "reference",
+        overwrite=args.overwrite, progress=not args.no_progress)
+    info = unlearn(request)
+    out = request.out
     print(f"wrote {out} (+ {out.with_suffix('.json').name}): {args.method_name.upper()} erasing {erase}, "
-          f"{len(changed)} tensors changed, {done - loaded:.1f} s")
+          f"{info['changed_tensors']} tensors changed, {info['timings']['unlearn_s']:.1f} s")
     return 0
