@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from ..errors import AmsmoothError
 from ..prompts import PromptCase, read_prompts_file
@@ -17,11 +16,6 @@ from .common import (
     smoothing_config,
     smoothing_flags_text,
 )
-
-if TYPE_CHECKING:
-    from ..attacks.unet import UNetAttack
-    from ..concepts import Concept
-    from ..encoders import TextEncoder
 
 TEXT, UNET = ("rab", "qf", "mma", "concept-pgd"), ("uda", "p4d")
 TARGETED = ("rab", "concept-pgd")
@@ -159,76 +153,17 @@ def _check_defense_flags(args: argparse.Namespace) -> None:
 def build_attack(args: argparse.Namespace, cases: Sequence[PromptCase] = ()):  # noqa: ANN201 - a TextAttack
     """The attack of ``args`` (text-encoder or U-Net), its defense if ``--adaptive``; ``cases`` are checked for
     target images before the model is loaded."""
-    from ..attacks import UNET_ATTACKS, attack_class
-    from ..models.load import load_encoder  # lazy: `amsmooth attack --help` without diffusers
+    from ..attacks import attack_class
+    from ..attacks.build import AttackRequest
+    from ..attacks.build import build_attack as build
 
     cls = attack_class(args.attack)
     config = attack_config(args, cls)
     _check_defense_flags(args)
-    if args.clip is not None and cls.name != "p4d":
-        raise AmsmoothError("--clip is for p4d's image-similarity selection")
-    if cls.name in UNET_ATTACKS:
-        return build_unet_attack(args, cls, config, cases)
-    if args.model is not None or args.unet is not None or args.target_images is not None:
-        raise AmsmoothError(f"--model/--unet/--target-images are for the U-Net attacks (uda, p4d); '{cls.name}' "
-                            "needs --encoder only")
-    if args.encoder is None:
-        raise AmsmoothError(f"'{cls.name}' attacks the text encoder: give --encoder SRC")
-    encoder = load_encoder(args.encoder, args.max_length, args.device)
-    concept, defense = _concept_and_defense(args, encoder)
-    return cls(encoder, concept, config, smoothing=defense)
-
-
-def load_concept_specs(specs: Sequence[str], encoder: TextEncoder) -> list[Concept]:
-    """Built-in names, saved ``.safetensors`` concepts, or Ring-A-Bell's ``*_vector.npy`` files."""
-    from ..attacks.concept_file import load_vector_concept
-    from ..concepts import resolve_concept
-
-    return [load_vector_concept(s, encoder) if str(s).endswith(".npy") else resolve_concept(s, encoder)
-            for s in specs]
-
-
-def _concept_and_defense(args: argparse.Namespace, encoder: TextEncoder) -> tuple[Concept, Any]:
-    """(first concept, AMS over all concepts or None): the defense's relevance needs the concepts."""
-    from ..smoothing import AdaptiveMedianSmoothing
-
-    smooth = smoothing_config(args)
-    concepts = load_concept_specs(smooth.concepts, encoder)
-    return concepts[0], (AdaptiveMedianSmoothing(encoder, concepts, smooth) if args.adaptive else None)
-
-
-def build_unet_attack(args: argparse.Namespace, cls: type, config: Any,
-                      cases: Sequence[PromptCase]) -> UNetAttack:
-    """UnlearnDiffAtk / P4D on --model's pipeline with the --unet U-Net attacked."""
-    from ..attacks import DiffusionModels
-    from ..attacks.targets import check_target_folder
-    from ..models.hub import quiet_libraries
-    from ..models.load import resolve_device
-
-    if args.encoder is not None or args.max_length is not None:
-        raise AmsmoothError(f"--encoder is for the text-encoder attacks; '{cls.name}' uses the text encoder of "
-                            "--model's pipeline")
-    if args.model is None:
-        raise AmsmoothError(f"'{cls.name}' optimizes through the diffusion U-Net and needs --model SRC (and the "
-                            "unlearned --unet PATH)")
-    if cls.name == "p4d" and config.select == "image" and args.clip is None:
-        raise AmsmoothError("p4d keeps the prompt whose image is most similar to the target (reference): give "
-                            "--clip SRC (a CLIP model), or --select loss")
-    if args.target_images is not None:
-        check_target_folder(args.target_images, cases)
-    if args.unet is None:
-        print(f"amsmooth: warning: no --unet: attacking the original U-Net of {args.model}", file=sys.stderr)
-    quiet_libraries()
-    keep_original = cls.needs_original or args.target_images is None
-    device = resolve_device(args.device or "auto")
-    models = DiffusionModels.load(args.model, args.unet, keep_original, device)
-    concept, defense = _concept_and_defense(args, models.encoder)
-    extra: dict[str, Any] = {}
-    if cls.name == "p4d" and config.select == "image":
-        from ..eval.clip import ClipImageEncoder
-
-        extra["clip"] = ClipImageEncoder.from_pretrained(args.clip, device)
-    return cls(models, concept, config, smoothing=defense, target_images=args.target_images, **extra)
+    request = AttackRequest(cls.name, config, smoothing_config(args), adaptive=args.adaptive, encoder=args.encoder,
+                            max_length=args.max_length, model=args.model, unet=args.unet,
+                            target_images=args.target_images, clip=args.clip, device=args.device)
+    return build(request, cases)
 
 
 def run(args: argparse.Namespace) -> int:

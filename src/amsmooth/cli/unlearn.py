@@ -191,7 +191,7 @@ def method_settings(args: argparse.Namespace):  # noqa: ANN201 - the method's se
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..unlearn.request import UnlearnRequest, unlearn
+    from ..unlearn.erase import UnlearnRequest, unlearn
 
     _check_flags(args)
     erase = erase_texts(args)
