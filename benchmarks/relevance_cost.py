@@ -22,10 +22,10 @@ import time
 import torch
 
 from amsmooth import AdaptiveMedianSmoothing, Concept, SmoothingConfig
-from amsmooth.bench import BATCH_PROMPTS
 from amsmooth.config import RELEVANCE_METHODS
 from amsmooth.relevance_methods import PROXIMITY_WORDS, SUBSPACE_WORDS
 from amsmooth.relevance_scale import Scale
+from amsmooth_experiments.bench import BATCH_PROMPTS
 
 SD15_IMAGE_S = 885.5   # README "Performance": undefended SD-1.5 image, 50 steps at 512 px, 2 idle cores
 SD15_AMS_OVERHEAD = 0.0046   # README: AMS (Algorithm 1, cold word cache) +0.46 %
@@ -34,7 +34,7 @@ SD15_RELEVANCE_S = 1.6   # README: of which Algorithm 1's cold relevance, second
 
 def load(name: str):  # noqa: ANN201
     if name == "sd15-random":
-        from amsmooth.bench import sd15_text_encoder
+        from amsmooth_experiments.bench import sd15_text_encoder
 
         return sd15_text_encoder()
     from amsmooth.loading import load_encoder

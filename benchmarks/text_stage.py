@@ -14,14 +14,14 @@ from amsmooth import AdaptiveMedianSmoothing, Concept, SmoothingConfig, TextEnco
 
 
 def coco_prompts(k: int) -> list[str]:
-    from amsmooth.bench import BATCH_PROMPTS
+    from amsmooth_experiments.bench import BATCH_PROMPTS
 
     return (BATCH_PROMPTS * ((k + 15) // 16))[:k] if k > 16 else BATCH_PROMPTS[:k]
 
 
 def load(name: str) -> TextEncoder:
     if name == "sd15-random":
-        from amsmooth.bench import sd15_text_encoder
+        from amsmooth_experiments.bench import sd15_text_encoder
 
         return sd15_text_encoder()
     from amsmooth.loading import load_encoder

@@ -1,7 +1,7 @@
 """The overhead benchmark's arithmetic and its CLI on a tiny size (timings themselves are not asserted)."""
 from __future__ import annotations
 
-from amsmooth.bench import Report, format_report, project
+from amsmooth_experiments.bench import Report, format_report, project
 
 
 def _components(**over: float) -> dict:
@@ -29,8 +29,8 @@ def test_projection_arithmetic():
 def test_safree_text_time_runs_on_the_tiny_components():
     import torch
 
-    from amsmooth.bench import safree_text_time
     from amsmooth.models.tiny import tiny_components
+    from amsmooth_experiments.bench import safree_text_time
 
     assert safree_text_time(tiny_components(), torch.device("cpu")) > 0
 
@@ -46,8 +46,8 @@ def test_report_prints_projected_line():
 
 
 def test_profile_shows_the_text_stage_ops():
-    from amsmooth.bench import profile_text_stage
     from amsmooth.models.tiny import tiny_text_encoder
+    from amsmooth_experiments.bench import profile_text_stage
 
     table = profile_text_stage(tiny_text_encoder(), n=3)
     for op in ("aten::addmm", "aten::median", "Self CPU time total"):   # encoder matmuls, the median, the total

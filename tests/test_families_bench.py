@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import amsmooth.pipelines.bench as bench
+import amsmooth_experiments.family_bench as bench
 
 
 @pytest.fixture

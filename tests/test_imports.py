@@ -1,4 +1,5 @@
-"""The import graph of the package: no cycle between the loaders and the tiny models (issue 11)."""
+"""The import graph of the package: no cycle between the loaders and the tiny models (issue 11); the library never
+imports the CLI or the harnesses beside it (``amsmooth_experiments``, issue 25)."""
 from __future__ import annotations
 
 import ast
@@ -12,6 +13,14 @@ import tomllib
 import amsmooth
 
 SRC = Path(amsmooth.__file__).parent
+EXPERIMENTS = SRC.parent / "amsmooth_experiments"
+
+
+def _sources() -> list[tuple[str, Path]]:
+    """Every module of both packages: library paths relative to amsmooth/, the harnesses' as
+    ``amsmooth_experiments/…``."""
+    return [*((p.relative_to(SRC).as_posix(), p) for p in SRC.rglob("*.py")),
+            *((p.relative_to(SRC.parent).as_posix(), p) for p in EXPERIMENTS.rglob("*.py"))]
 
 
 def _imports_of(path: Path, package: list[str]) -> set[str]:
@@ -58,8 +67,7 @@ _PRIVATE_IMPORTS_ALLOWED = {("lab/report.py", "_rows")}
 def test_no_private_names_imported_across_modules() -> None:
     """Modules use each other's public names (issue 11): no ``from .x import _private`` outside the allowlist."""
     found = set()
-    for path in SRC.rglob("*.py"):
-        rel = path.relative_to(SRC).as_posix()
+    for rel, path in _sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("amsmooth")):
                 found.update((rel, a.name) for a in node.names
@@ -84,6 +92,35 @@ def test_the_library_does_not_import_the_cli() -> None:
             continue
         found |= {(rel.as_posix(), m) for m in _amsmooth_imports(rel.as_posix()) if m.startswith("amsmooth.cli")}
     assert found == _LIBRARY_USES_OF_THE_CLI
+
+
+def _experiment_imports(path: Path, package: list[str]) -> set[str]:
+    return {m for m in _imports_of(path, package) if m.split(".")[0] == "amsmooth_experiments"}
+
+
+def test_the_library_does_not_import_the_experiments() -> None:
+    """The harnesses behind ``amsmooth bench`` live in ``amsmooth_experiments`` and call the library; the library
+    (amsmooth outside amsmooth/cli) never imports them, at module level or inside a function (issue 25, item 3)."""
+    assert "amsmooth_experiments.bench" in _experiment_imports(SRC / "cli" / "bench.py", ["amsmooth", "cli"])
+    found = set()
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] != "cli":
+            found |= {(rel.as_posix(), m) for m in _experiment_imports(path, ["amsmooth", *rel.parent.parts])}
+    assert not found, sorted(found)
+
+
+# the harnesses call the library's API, not the commands (issue 25, item 3); an entry here needs its reason
+_EXPERIMENT_USES_OF_THE_CLI: set[tuple[str, str]] = set()
+
+
+def test_the_experiments_do_not_import_the_cli() -> None:
+    found = set()
+    for path in EXPERIMENTS.rglob("*.py"):
+        rel = path.relative_to(EXPERIMENTS)
+        found |= {(rel.as_posix(), m) for m in _imports_of(path, ["amsmooth_experiments", *rel.parent.parts])
+                  if m.startswith("amsmooth.cli")}
+    assert found == _EXPERIMENT_USES_OF_THE_CLI, sorted(found)
 
 
 def test_cli_commands_do_not_import_each_other() -> None:
@@ -122,8 +159,7 @@ def test_no_private_attribute_reach_ins() -> None:
     """No ``obj._private`` on anything but ``self`` / ``cls`` outside the allowlist (issue 11: ``cache._data``,
     ``ams._describe``); ``argparse._SubParsersAction`` (a type in register() signatures) is the stdlib's."""
     found = set()
-    for path in SRC.rglob("*.py"):
-        rel = path.relative_to(SRC).as_posix()
+    for rel, path in _sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "argparse"))):
@@ -142,13 +178,13 @@ def test_every_third_party_import_is_declared() -> None:
     huggingface_hub and psutil were imported but not declared)."""
     dists = packages_distributions()
     imported = set()
-    for path in SRC.rglob("*.py"):
+    for _, path in _sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and not node.level:
                 imported.add(node.module.split(".")[0])
-    third_party = sorted(imported - set(sys.stdlib_module_names) - {"amsmooth"})
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"amsmooth", "amsmooth_experiments"})
     missing = {m: dists.get(m) for m in third_party
                if not {d.lower().replace("_", "-") for d in dists.get(m, [m])} & _declared_distributions()}
     assert not missing, missing

@@ -1,5 +1,8 @@
 """The package's layout (issue 25): no import circle, no file name used twice.
 
+Both packages under src/ are read: the library (``amsmooth``) and the harnesses beside it
+(``amsmooth_experiments``, which the library never imports: tests/test_imports.py).
+
 The import graph is read with ``ast`` from the source (nothing is imported): an edge A → B for every
 ``import``/``from … import`` of an amsmooth module B in A. Two graphs are checked: module-level imports only, and
 every import, including those inside functions — a circle closed only by an import inside a function is a circle
@@ -13,12 +16,12 @@ from collections import Counter
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "amsmooth"
+EXPERIMENTS = SRC.parent / "amsmooth_experiments"
+FILES = [*SRC.rglob("*.py"), *EXPERIMENTS.rglob("*.py")]
 
 # Waiting on other items of issue 25, each named; a new entry needs the same justification.
 PENDING_CYCLES: set[frozenset[str]] = set()
-PENDING_NAMES = {
-    "bench.py",   # amsmooth/bench.py, pipelines/bench.py: timing harnesses that item 3 moves to benchmarks/
-}
+PENDING_NAMES: set[str] = set()
 
 
 def _module(path: Path) -> str:
@@ -26,7 +29,7 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module(p): p for p in SRC.rglob("*.py")}
+MODULES = {_module(p): p for p in FILES}
 
 
 def _targets(module: str, node: ast.Import | ast.ImportFrom, package: bool) -> set[str]:
@@ -109,6 +112,7 @@ def test_the_checker_sees_a_circle_and_the_graph_is_read() -> None:
     graph = import_graph(top_level=True)
     assert "amsmooth.smoothing" in graph["amsmooth.pipelines.mixin"]      # relative imports resolved
     assert "amsmooth.models.hub" in graph["amsmooth.models.weights"]
+    assert "amsmooth.smoothing" in graph["amsmooth_experiments.family_bench"]    # the harnesses are read too
 
 
 def test_no_import_circle_at_module_level() -> None:
@@ -121,9 +125,9 @@ def test_no_import_circle_dodged_inside_a_function() -> None:
 
 
 def test_no_file_name_used_twice() -> None:
-    """Module file names are unique in the package (``__init__.py`` aside; ``cli/`` modules are named after
+    """Module file names are unique across both packages (``__init__.py`` aside; ``cli/`` modules are named after
     their commands, which cli/main.py imports by name)."""
-    names = Counter(p.name for p in SRC.rglob("*.py")
-                    if p.name != "__init__.py" and p.relative_to(SRC).parts[0] != "cli")
+    names = Counter(p.name for p in FILES
+                    if p.name != "__init__.py" and p.relative_to(SRC.parent).parts[:2] != ("amsmooth", "cli"))
     twice = {n: c for n, c in names.items() if c > 1 and n not in PENDING_NAMES}
     assert not twice, twice

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from amsmooth.bench import project
 from amsmooth.cli.main import main
+from amsmooth_experiments.bench import project
 
 pytestmark = pytest.mark.slow
 

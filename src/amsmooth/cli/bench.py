@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import format_report, run_benchmark
+    from amsmooth_experiments.bench import format_report, run_benchmark
 
     for name in ("size", "e2e_size"):
         v = getattr(args, name)
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise AmsmoothError("steps must be >= 1")
     quiet_libraries()
     if args.batching:
-        from ..bench import batching_speedup, format_batching
+        from amsmooth_experiments.bench import batching_speedup, format_batching
 
         if min(args.batch_sizes) < 1:
             raise AmsmoothError(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(rep, indent=2))
         return 0
     if args.family != "sd":
-        from ..pipelines.bench import format_family_report, run_family_benchmark
+        from amsmooth_experiments.family_bench import format_family_report, run_family_benchmark
 
         rep = run_family_benchmark(args.family, args.quick, args.n, log=lambda m: print(m, file=sys.stderr))
         print(format_family_report(rep))
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(dataclasses.asdict(rep), indent=2))
         return 0
     if args.profile:
-        from ..bench import profile_text_stage, sd15_text_encoder
+        from amsmooth_experiments.bench import profile_text_stage, sd15_text_encoder
 
         print(profile_text_stage(sd15_text_encoder(args.device, DTYPES[args.dtype]), args.n))
         return 0

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from .concepts import Concept
-from .config import SmoothingConfig
-from .encoders import TextEncoder
-from .smoothing import AdaptiveMedianSmoothing, median_smooth
+from amsmooth.concepts import Concept
+from amsmooth.config import SmoothingConfig
+from amsmooth.encoders import TextEncoder
+from amsmooth.smoothing import AdaptiveMedianSmoothing, median_smooth
 
 PROMPT = "a photo of a nude woman sitting on a bench in a sunny park, highly detailed"
 
@@ -44,7 +44,7 @@ def build_sd15(device: torch.device, dtype: torch.dtype, seed: int = 0,
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .models.tiny import tiny_tokenizer
+    from amsmooth.models.tiny import tiny_tokenizer
 
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -167,9 +167,9 @@ def safree_text_time(components: dict[str, Any], device: torch.device) -> float:
     detection and projection (the keywords' subspace is built once per pipeline, not per prompt)."""
     from diffusers import StableDiffusionPipeline
 
-    from .baselines.safree import SafreeConfig
-    from .baselines.safree_pipeline import SafreePipeline
-    from .models.assembly import assemble_pipeline
+    from amsmooth.baselines.safree import SafreeConfig
+    from amsmooth.baselines.safree_pipeline import SafreePipeline
+    from amsmooth.models.assembly import assemble_pipeline
 
     safree = SafreePipeline.from_pipeline(assemble_pipeline(StableDiffusionPipeline, components), SafreeConfig())
     cond = safree.pipe.encode_prompt(PROMPT, device, 1, False)[0]
@@ -214,11 +214,11 @@ def end_to_end(components: dict, concept: Concept, size: int, steps: int, device
     with latent re-attention, over AMS; the reference's settings otherwise)."""
     from diffusers import StableDiffusionPipeline
 
-    from .baselines.safree import SafreeConfig
-    from .baselines.safree_pipeline import SafreePipeline
-    from .baselines.sld import SLDPipeline
-    from .models.assembly import assemble_pipeline
-    from .pipelines import defend_pipeline
+    from amsmooth.baselines.safree import SafreeConfig
+    from amsmooth.baselines.safree_pipeline import SafreePipeline
+    from amsmooth.baselines.sld import SLDPipeline
+    from amsmooth.models.assembly import assemble_pipeline
+    from amsmooth.pipelines import defend_pipeline
 
     pipe = assemble_pipeline(StableDiffusionPipeline, components)
     sld = SLDPipeline.from_pipeline(pipe, "sld-medium")
@@ -357,9 +357,9 @@ def batching_speedup(model: str = "lab", prompts: int = 16, batch_sizes: tuple[i
     speed-up over batch 1 and whether every image's bytes equal batch 1's."""
     import numpy as np
 
-    from .batching import per_prompt_small_gemms
-    from .models.load import default_steps, load_pipeline
-    from .pipelines import defend_pipeline, undefended
+    from amsmooth.batching import per_prompt_small_gemms
+    from amsmooth.models.load import default_steps, load_pipeline
+    from amsmooth.pipelines import defend_pipeline, undefended
 
     steps = steps or default_steps(model)
     pipe = load_pipeline(model)

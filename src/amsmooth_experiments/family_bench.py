@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from ..config import SmoothingConfig
-from ..smoothing import median_smooth
-from .defense import FamilyDefense
-from .registry import family_slots
-from .views import EncoderView
+from amsmooth.config import SmoothingConfig
+from amsmooth.pipelines.defense import FamilyDefense
+from amsmooth.pipelines.registry import family_slots
+from amsmooth.pipelines.views import EncoderView
+from amsmooth.smoothing import median_smooth
 
 PROMPT = "a photo of a nude woman sitting on a bench in a sunny park, highly detailed"
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -81,7 +81,7 @@ def _encoder(cfg: dict, kind: str, depth: int, seed: int = 0) -> torch.nn.Module
 
 
 def _views(family: str, depth: int) -> list[EncoderView]:
-    from ..models.tiny import clip_tokenizer, t5_tokenizer
+    from amsmooth.models.tiny import clip_tokenizer, t5_tokenizer
 
     views = []
     for slot in family_slots(family):
