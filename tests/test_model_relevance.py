@@ -63,3 +63,8 @@ def test_eval_model_aware_on_tiny_records_its_settings_and_refuses_without_ams(t
     assert main([*common, "--defense", "ams", "--model-aware", "base", "--concept", "nudity", "--concept",
                  "violence", "--out", str(tmp_path / "two")]) == 2
     assert "one --concept" in capsys.readouterr().err
+    assert main([*common, "--defense", "ams", "--model-aware", "base", "--relevance", "subspace", "--out",
+                 str(tmp_path / "both")]) == 2
+    err = capsys.readouterr().err
+    assert "does not combine with --relevance subspace" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "both").exists()

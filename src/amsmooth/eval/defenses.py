@@ -68,6 +68,9 @@ class DefenseSpec:
         if model_aware and (ams is None or stage != "text" or len(ams.concepts) != 1):
             raise AmsmoothError("--model-aware sets AMS's relevance: it needs --defense ams (or --ams), the text "
                                 "stage and one --concept")
+        if model_aware and ams.relevance != "algorithm1":
+            raise AmsmoothError(f"--model-aware replaces AMS's relevance score; it does not combine with --relevance "
+                                f"{ams.relevance}: give one of them")
         if safree is not None and base != "safree":
             raise AmsmoothError("--safree-* options configure --defense safree; they have no effect here")
         if base == "safree" and stage != "text":
