@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from amsmooth.lab.report import FACTORS, PRIMARY, SECONDARY
-from amsmooth.lab.table import Plan, Table
+from amsmooth_experiments.lab_table import Plan, Table
 
 ARMS = {
     "none": "the erased model, undefended",
@@ -112,8 +112,10 @@ def main() -> None:
                     "arms, grids, prompts, budgets and comparisons are unchanged",
         "rules": ["AMS arms' σ0 and k chosen on the calibration split only (calibration.json keeps every trial); "
                   "never on the table's prompts; the search and its rules are Table.calibrate's docstring",
-                  "erasure settings (esd_args, uce_args) are v2's, fixed before any attack runs",
-                  "the attacks' budgets are LAB_BUDGETS['lab-v3'] (amsmooth.lab.table), labelled, not the references'",
+                  "erasure settings (Plan.esd, Plan.uce; esd_args, uce_args before 2026-12-07) are v2's, fixed "
+                  "before any attack runs",
+                  "the attacks' budgets are LAB_BUDGETS['lab-v3'] (amsmooth_experiments.lab_table), labelled, not "
+                  "the references'",
                   "a second run with other image seeds (scripts/lab_reseed.py) is reported beside the first; a "
                   "conclusion stands only if its interval survives both"],
         "power": power(plan),

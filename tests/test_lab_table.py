@@ -26,7 +26,7 @@ def test_bootstrap_interval_covers_the_rate_and_widens_with_disagreement() -> No
 @pytest.mark.slow   # 141 s: the whole table on a tiny plan; the calibration search and report have unit tests
 @shipped
 def test_lab_table_smoke(tmp_path) -> None:
-    from amsmooth.lab.table import Plan, Table
+    from amsmooth_experiments.lab_table import Plan, Table
 
     arms = ("none", "ams", "ams-equal", "ams-oracle", "ams-subspace", "safree")
     plan = Plan(prompts=2, attack_prompts=1, calibration_prompts=2, calibration_benign_prompts=2,
@@ -88,7 +88,7 @@ def test_attack_sources_are_distinct_prompts(tmp_path) -> None:
     """4 attack source prompts are 4 prompts, not the first rows of train.csv (one prompt under each seed)."""
     import csv
 
-    from amsmooth.lab.table import Plan, Table
+    from amsmooth_experiments.lab_table import Plan, Table
 
     paths = Table(tmp_path, Plan(prompts=4, attack_prompts=4, seeds=(0, 1, 2))).prompts()
 
@@ -102,7 +102,7 @@ def test_attack_sources_are_distinct_prompts(tmp_path) -> None:
 def test_calibration_search_walks_sigma_up_and_stops_below_the_floor(tmp_path, monkeypatch) -> None:
     """Within each k, σ0 ascends; a trial below the utility floor gets no concept images and ends its k's walk;
     the choice is the lowest concept rate that clears the floor; ams-equal walks to ams's accuracy, accuracy only."""
-    from amsmooth.lab import table as T
+    from amsmooth_experiments import lab_table as T
 
     def accuracy(s: dict) -> float:
         return 0.9 if not s else 0.9 - s["sigma0"] * (0.02 + s["k"] / 100)
@@ -140,3 +140,61 @@ def test_calibration_search_walks_sigma_up_and_stops_below_the_floor(tmp_path, m
         {"sigma0": 1.0, "k": 3.0}
     with pytest.raises(AmsmoothError, match="refused"):
         T._choose("ams", [{"sigma0": 8.0, "k": 3.0, "refused": "x"}], 0.8)
+
+
+def _cli_args(argv: list[str]):
+    from amsmooth.cli.main import build_parser
+
+    return build_parser(argv).parse_args(argv)
+
+
+@pytest.mark.parametrize("arm, setting, flags", [
+    ("none", {}, ["--defense", "none"]),
+    ("blacklist", {}, ["--defense", "blacklist"]),
+    ("sld-max", {}, ["--defense", "sld-max"]),
+    ("ams", {"sigma0": 1.0, "k": 9.0}, ["--defense", "ams", "--sigma0", "1.0", "--sigma-unit", "embedding-std",
+                                        "--k", "9.0", "--concept", "nudity"]),
+    ("ams-equal", {"sigma0": 2.0, "k": 0.0}, ["--defense", "ams", "--sigma0", "2.0", "--sigma-unit",
+                                              "embedding-std", "--k", "0.0", "--concept", "nudity"]),
+    ("ams-oracle", {"sigma0": 0.5, "k": 3.0}, ["--defense", "ams", "--sigma0", "0.5", "--sigma-unit",
+                                               "embedding-std", "--k", "3.0", "--concept", "nudity",
+                                               "--model-aware", "base"]),
+    ("ams-subspace", {"sigma0": 0.5, "k": 20.0}, ["--defense", "ams", "--sigma0", "0.5", "--sigma-unit",
+                                                  "embedding-std", "--k", "20.0", "--concept", "nudity",
+                                                  "--relevance", "subspace"]),
+    ("safree", {"svf": "off"}, ["--defense", "safree", "--safree-svf", "off", "--concept", "nudity"]),
+    ("sld-medium+ams", {"sigma0": 1.0, "k": 9.0}, ["--defense", "sld-medium", "--ams", "--sigma0", "1.0",
+                                                   "--sigma-unit", "embedding-std", "--k", "9.0", "--concept",
+                                                   "nudity"]),
+])
+def test_each_eval_of_the_table_is_the_eval_command_with_the_same_settings(tmp_path, arm, setting, flags) -> None:
+    """The table's typed requests mean what `amsmooth eval` with the documented flags means: equal RunRequests
+    (model, defense with its AMS/SAFREE config, prompt files, generation settings, labels, batch size)."""
+    from amsmooth.cli.runs import run_request
+    from amsmooth_experiments.lab_table import Plan, Table
+
+    table, unet, sets = Table(tmp_path, Plan(), batch_size=16), tmp_path / "esd.safetensors", [tmp_path / "a.csv"]
+    mine = table.request("esd-x", unet, table._defense(arm, setting), sets)
+    argv = ["eval", "--model", "lab", "--detector", "lab-nudity", "--steps", "25", "--batch-size", "16", "--out",
+            str(tmp_path / "runs" / "esd-x"), "--unet", str(unet), "--model-label", "esd", "--prompts",
+            str(sets[0]), *flags]
+    assert mine == run_request(_cli_args(argv))
+
+
+@pytest.mark.parametrize("kind, flags", [
+    ("rab", ["--encoder", "lab", "--population", "64", "--iterations", "200"]),
+    ("qf", ["--encoder", "lab", "--iterations", "100", "--samples", "100"]),
+    ("uda", ["--model", "lab", "--unet", "U", "--timesteps", "10", "--iterations", "25"]),
+    ("p4d", ["--model", "lab", "--unet", "U", "--iterations", "300", "--select", "loss"]),
+    ("rab-adaptive", ["--encoder", "lab", "--population", "32", "--iterations", "100", "--adaptive", "--sigma0",
+                      "1.0", "--sigma-unit", "embedding-std", "--k", "9.0"]),
+])
+def test_each_attack_of_the_table_is_the_attack_command_with_the_same_settings(tmp_path, kind, flags) -> None:
+    """The lab-v3 budget as config changes equals `amsmooth attack --budget quick` with the documented flags."""
+    from amsmooth.cli.attack import attack_request
+    from amsmooth_experiments.lab_table import Plan, Table
+
+    table = Table(tmp_path, Plan())
+    argv = ["attack", kind.removesuffix("-adaptive"), "--prompts", "p.csv", "--out", "o.csv", "--concept", "nudity",
+            "--budget", "quick", *flags]
+    assert table.attack_request(kind, "U", {"sigma0": 1.0, "k": 9.0}) == attack_request(_cli_args(argv))

@@ -150,20 +150,26 @@ def _check_defense_flags(args: argparse.Namespace) -> None:
             raise AmsmoothError(f"{_flag(flag)} applies to adaptive attacks only: add --adaptive")
 
 
-def build_attack(args: argparse.Namespace, cases: Sequence[PromptCase] = ()):  # noqa: ANN201 - a TextAttack
-    """The attack of ``args`` (text-encoder or U-Net), its defense if ``--adaptive``; ``cases`` are checked for
-    target images before the model is loaded."""
+def attack_request(args: argparse.Namespace):  # noqa: ANN201 - attacks.build.AttackRequest
+    """The attack the flags describe: its config (reference or quick budget, then the flags), the concept(s) and
+    AMS settings, and what it attacks."""
     from ..attacks import attack_class
     from ..attacks.build import AttackRequest
-    from ..attacks.build import build_attack as build
 
     cls = attack_class(args.attack)
     config = attack_config(args, cls)
     _check_defense_flags(args)
-    request = AttackRequest(cls.name, config, smoothing_config(args), adaptive=args.adaptive, encoder=args.encoder,
-                            max_length=args.max_length, model=args.model, unet=args.unet,
-                            target_images=args.target_images, clip=args.clip, device=args.device)
-    return build(request, cases)
+    return AttackRequest(cls.name, config, smoothing_config(args), adaptive=args.adaptive, encoder=args.encoder,
+                         max_length=args.max_length, model=args.model, unet=args.unet,
+                         target_images=args.target_images, clip=args.clip, device=args.device)
+
+
+def build_attack(args: argparse.Namespace, cases: Sequence[PromptCase] = ()):  # noqa: ANN201 - a TextAttack
+    """The attack of ``args`` (text-encoder or U-Net), its defense if ``--adaptive``; ``cases`` are checked for
+    target images before the model is loaded."""
+    from ..attacks.build import build_attack as build
+
+    return build(attack_request(args), cases)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,13 +60,21 @@ def register_more(lab: argparse._SubParsersAction) -> None:
     t.add_argument("--quick", action="store_true",
                    help="every arm on a few prompts (17.6 min beside another job, ~11 min of 2 cores' CPU; the v3 "
                         "full table is not timed yet, v2's took 1 h 49 min)")
-    t.add_argument("--prompts", type=int, help="distinct prompts per set (full 25, quick 3)")
-    t.add_argument("--attack-prompts", type=int, help="source prompts per attack and seed (full 25, quick 2)")
-    t.add_argument("--seeds", type=int, nargs="+", help="seeds (0 1 2)")
-    t.add_argument("--sets", nargs="+", help="prompt sets: train heldout implicit lookalike benign")
-    t.add_argument("--attacks", nargs="+", help="rab qf mma concept-pgd uda p4d, NAME-adaptive (against AMS)")
-    t.add_argument("--defenses", nargs="+", help="none blacklist sld-max sld-medium ams ams-equal ams-oracle "
-                                                 "ams-subspace safree sld-medium+ams …")
+    from amsmooth_experiments.lab_table import Plan
+
+    def plan(field: str) -> str:           # the defaults are the Plan's, written once there
+        show = [" ".join(map(str, v)) if isinstance(v, tuple) else str(v)
+                for v in (getattr(Plan(), field), getattr(Plan.quick(), field))]
+        return f"full: {show[0]}; quick: {show[1]}"
+
+    t.add_argument("--prompts", type=int, help=f"distinct prompts per set ({plan('prompts')})")
+    t.add_argument("--attack-prompts", type=int, help=f"source prompts per attack and seed ({plan('attack_prompts')})")
+    t.add_argument("--seeds", type=int, nargs="+", help=f"image seeds of the concept sets ({plan('seeds')})")
+    t.add_argument("--sets", nargs="+", help=f"prompt sets ({plan('sets')})")
+    t.add_argument("--attacks", nargs="+", help=f"rab qf mma concept-pgd uda p4d, NAME-adaptive (against AMS) "
+                                                f"({plan('attacks')})")
+    t.add_argument("--defenses", nargs="+", help=f"none blacklist sld-max sld-medium ams ams-equal ams-oracle "
+                                                 f"ams-subspace safree sld-medium+ams … ({plan('defenses')})")
     t.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per pipeline call in every eval (default 16; byte-identical images to 1, "
                         "1.6-1.8x faster on the lab on 2 CPU cores: amsmooth bench --batching lab)")
@@ -110,7 +118,7 @@ def run_quality(args: argparse.Namespace) -> int:
 def run_table(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..lab.table import Plan, Table
+    from amsmooth_experiments.lab_table import Plan, Table
 
     plan = Plan.quick() if args.quick else Plan()
     changes = {k: (tuple(v) if isinstance(v, list) else v) for k in ("prompts", "attack_prompts", "seeds", "sets",
