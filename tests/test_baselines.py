@@ -122,3 +122,12 @@ def test_posi_without_a_model_is_a_clear_error(tmp_path):
         CausalLMRewriter.from_pretrained(tmp_path)
     with pytest.raises(AmsmoothError, match=r"\{prompt\}"):
         CausalLMRewriter(torch.nn.Linear(1, 1), None, template="no placeholder")
+
+
+@pytest.mark.parametrize("prompt", ["“👉👌”", "a  cat ,  (on) a mat", " leading space", "-- --", "()"])
+def test_blacklist_leaves_prompts_without_a_listed_word_byte_identical(prompt):
+    from amsmooth.baselines.blacklist import Blacklist
+
+    bl = Blacklist.default()
+    assert not bl.matches(prompt) and bl.clean(prompt) == prompt
+    assert bl.clean("a nude woman") == "a woman"

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -211,3 +214,15 @@ def test_a_warning_is_one_amsmooth_line_from_the_cli(capsys):
                                           r"as the pipeline does \(the longest: \d+ tokens\)", err[0]), err
     assert warnings.formatwarning is not None and "amsmooth" not in warnings.formatwarning(
         "x", UserWarning, "f.py", 1, "")                        # Python's format is back after main()
+
+
+def test_a_usage_error_is_one_line_from_a_fresh_process(tmp_path):
+    """argparse's usage errors are amsmooth's one line too, and no library prints anything around it (transformers
+    warned twice about torchvision on import of every command before)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    code = "import sys; from amsmooth.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["generate", "a cat", "--seed", "1e30", "--out", str(tmp_path / "o")]
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and r.stdout == "", r
+    assert r.stderr.startswith("amsmooth: error: argument --seed") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "o").exists()

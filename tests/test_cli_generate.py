@@ -6,6 +6,7 @@ import json
 import pytest
 from PIL import Image
 
+from _cli_errors import one_line_error
 from amsmooth.cli.main import main
 
 FAST = ["--model", "tiny", "--steps", "2", "--height", "64", "--width", "64"]
@@ -197,3 +198,22 @@ def test_progress_bar_ends_at_its_total_on_pndm_and_img2img(tmp_path, capsys):
                  "--out", str(tmp_path / "b")]) == 0
     counts = bar_counts(capsys.readouterr().err)
     assert counts and all(n <= total for n, total in counts) and counts[-1][0] == counts[-1][1] < 8
+
+
+def test_positional_prompts_and_a_prompt_file_cannot_share_case_numbers(tmp_path, capsys):
+    csv = tmp_path / "p.txt"
+    csv.write_text("a dog\na bird\n")
+    out = tmp_path / "out"
+    assert main(["generate", "a cat", "a cow", "--prompts-file", str(csv), *FAST, "--out", str(out)]) == 2
+    assert "overwrite each other" in one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--guidance", "nan"), ("--guidance", "inf"), ("--strength", "nan"),
+                                        ("--sigma0", "nan"), ("--k", "-inf"), ("--seed", str(2**64)),
+                                        ("--seed", "-1"), ("--seed", "1e30"), ("--seed", "inf")])
+def test_generate_refuses_non_finite_numbers_and_bad_seeds(tmp_path, capsys, flag, value):
+    out = tmp_path / "out"
+    assert main(["generate", "a cat", *FAST, f"{flag}={value}", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert flag in err and not out.exists()

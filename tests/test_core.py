@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from _cli_errors import one_line_error
 from amsmooth import AdaptiveMedianSmoothing, AmsmoothError, Concept, SmoothingConfig, TextEncoder
+from amsmooth.cli.main import main
 from amsmooth.concepts import builtin_pairs_path
 from amsmooth.relevance import (
     WordCache,
@@ -407,3 +410,86 @@ def test_smoothing_n_has_the_shared_upper_bound():
     with pytest.raises(AmsmoothError, match=r"n must be >= 1 and <= 101, got 102"):
         SmoothingConfig(n=102)
     assert SMOOTHING_N.high == 101
+
+
+def test_sigma_that_would_overflow_is_refused(capsys):
+    from amsmooth.config import SIGMA_MAX, SmoothingConfig
+
+    for k in (100.0, -100.0, 1e6):
+        with pytest.raises(AmsmoothError, match="exceeds"):
+            SmoothingConfig(k=k)
+    assert SmoothingConfig(sigma0=0.012, k=9.0).sigma0 == 0.012           # the paper's largest setting passes
+    assert SmoothingConfig(sigma0=0.0, k=1e6).k == 1e6                     # σ ≡ 0: nothing can overflow
+    assert 0.012 * 2.718281828 ** 9 < SIGMA_MAX
+    assert main(["relevance", "a nude woman", "--encoder", "tiny", "--k", "200", "--format", "jsonl"]) == 2
+    assert "exceeds" in one_line_error(capsys)
+    # certify printed `nan` before: now refused before any sampling
+    assert main(["certify", "a nude woman", "--encoder", "tiny", "--rho", "1", "--n", "7", "--k", "200"]) == 2
+    assert "exceeds" in one_line_error(capsys)
+
+
+def test_pairs_csv_with_a_utf8_bom_is_read(tmp_path):
+    from amsmooth.concepts import read_pairs
+
+    path = tmp_path / "pairs.csv"
+    path.write_bytes("\ufeffpositive,negative\na nude,a dressed\n".encode("utf-8"))
+    assert read_pairs(path)[:2] == (["a nude"], ["a dressed"])
+
+
+def test_a_concept_is_refused_for_an_encoder_with_other_layers_but_the_same_embeddings(tiny_nudity):
+    import torch
+
+    from amsmooth.models.tiny import tiny_text_encoder
+
+    same, tuned = tiny_text_encoder(), tiny_text_encoder()
+    with torch.no_grad():
+        tuned.model.get_parameter("encoder.layers.0.mlp.fc1.weight").add_(0.05)
+    assert torch.equal(same.embedding.weight, tuned.embedding.weight)
+    assert same.fingerprint() == tiny_nudity.fingerprint != tuned.fingerprint()
+    tiny_nudity.check_encoder(same)
+    with pytest.raises(AmsmoothError, match="was built for"):
+        tiny_nudity.check_encoder(tuned)
+
+
+def test_word_cache_smaller_than_a_batch_gives_the_uncached_scores(tiny_encoder, tiny_nudity):
+    from amsmooth import AdaptiveMedianSmoothing, SmoothingConfig
+
+    prompts = ["a nude cat", "a nude cat on a red mat with green dogs and blue birds"]
+    small = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(cache_size=2))
+    none = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(cache_size=0))
+    small.relevance(prompts[:1])                         # caches two of the words the next batch reuses
+    got = small.relevance(prompts)                       # used to raise KeyError (evicted while counted cached)
+    assert got == none.relevance(prompts) and len(small.cache) == 2
+
+
+def test_smoothed_embedding_of_a_prompt_does_not_depend_on_its_batch(tiny_encoder, tiny_nudity):
+    import torch
+
+    from amsmooth import AdaptiveMedianSmoothing, SmoothingConfig
+
+    ams = AdaptiveMedianSmoothing(tiny_encoder, [tiny_nudity], SmoothingConfig(n=5, sigma0=0.05))
+    prompts = ["a nude woman on a beach", "a red car", "two dogs playing in the snow"]
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    alone = [ams.encode([p], g(11 + i)) for i, p in enumerate(prompts)]
+    together = ams.encode(prompts, [g(11), g(12), g(13)])            # one generator per prompt
+    reordered = ams.encode(prompts[::-1], [g(13), g(12), g(11)])
+    for i in range(3):
+        assert torch.equal(together[i], alone[i][0]) and torch.equal(reordered[2 - i], alone[i][0])
+    shared = ams.encode(prompts, g(5))                                 # one generator for all: as if alone
+    assert all(torch.equal(shared[i], ams.encode([p], g(5))[0]) for i, p in enumerate(prompts))
+    with pytest.raises(AmsmoothError, match="one per prompt"):
+        ams.encode(prompts, [g(1), g(2)])
+
+
+def test_first_minilm_use_prints_nothing_on_stdout(tmp_path, monkeypatch, capsys):
+    """The package prints a banner when imported and when it extracts: on the first ``--encoder minilm`` run that
+    led stdout, breaking ``--format jsonl``. A fresh import and a fresh cache must print nothing."""
+    import sys
+
+    from amsmooth.encoders import minilm_folder
+
+    monkeypatch.setenv("AMSMOOTH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "all_minilm_l6_v2", raising=False)
+    capsys.readouterr()
+    folder = minilm_folder()
+    assert (Path(folder) / "config.json").is_file() and capsys.readouterr().out == ""

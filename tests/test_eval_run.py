@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,99 @@ def test_a_full_disk_under_the_results_database_is_one_line_and_resumable(tmp_pa
     monkeypatch.setattr(ResultStore, "add", real)
     assert main(["eval", *FAST, "--defense", "none", "--prompts", str(prompts), "--out", str(run)]) == 0
     assert len(rows(run)) == 2
+
+
+class FakeDefense:
+    """Stands in for a built defense in run_jobs: 8-px gray images, optionally a hook run while 'generating'."""
+
+    spec = type("Spec", (), {"name": "none"})()
+    settings: dict = {}
+
+    def __init__(self, during=None) -> None:
+        self.during, self.calls = during, []
+
+    def __call__(self, prompt, seed, images, **kwargs):
+        from PIL import Image
+
+        from amsmooth.eval.defenses import Generated
+
+        self.calls.append(prompt)
+        if self.during is not None:
+            self.during(prompt)
+        return Generated([Image.new("RGB", (8, 8))] * images, None, 0.1)
+
+
+def test_eval_image_is_durable_before_its_row_is_committed(tmp_path, monkeypatch):
+    """run_jobs: the PNG's fsync happens before ResultStore.add (a power loss cannot leave a row without image)."""
+    import amsmooth.io as io
+    from amsmooth.eval.runner import GenerationSettings, Job, run_jobs
+    from amsmooth.eval.store import ResultStore
+    from amsmooth.prompts import PromptCase
+
+    events: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    real_add = ResultStore.add
+    monkeypatch.setattr(ResultStore, "add", lambda self, r: (events.append("add"), real_add(self, r))[1])
+    with ResultStore.open(tmp_path, {"x": 1}) as store:
+        events.clear()                                  # only what run_jobs does
+        stats = run_jobs(FakeDefense(), [Job("s", PromptCase("1", "a cat"))], GenerationSettings(), tmp_path,
+                         store)
+    assert stats.new == 1 and events.index("add") > events.index("fsync")
+    assert (tmp_path / "images" / "s" / "1_0.png").stat().st_size > 0
+
+
+def _jobs(*cases: str):
+    from amsmooth.eval.runner import Job
+    from amsmooth.prompts import PromptCase
+
+    return [Job("s", PromptCase(c, f"prompt {c}")) for c in cases]
+
+
+def test_a_case_claimed_by_another_live_process_is_left_to_it(tmp_path):
+    import subprocess
+
+    from amsmooth.eval.runner import GenerationSettings, run_jobs
+    from amsmooth.eval.store import ResultStore, process_owner
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        with ResultStore.open(tmp_path, {"x": 1}) as store:
+            store._conn.execute("INSERT INTO claims VALUES ('s', '1', ?, 0)", (process_owner(other.pid),))
+            fake = FakeDefense()
+            stats = run_jobs(fake, _jobs("1", "2"), GenerationSettings(), tmp_path, store)
+            assert (stats.new, stats.busy, fake.calls) == (1, 1, ["prompt 2"])
+            assert store.done_keys() == {("s", "2", 0)}
+            assert store._conn.execute("SELECT case_number FROM claims").fetchall() == [("1",)]   # 2 released
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_claim_of_a_dead_process_is_taken_over(tmp_path):
+    import subprocess
+
+    from amsmooth.eval.runner import GenerationSettings, run_jobs
+    from amsmooth.eval.store import ResultStore, process_owner
+
+    dead = subprocess.Popen(["sleep", "60"])
+    owner = process_owner(dead.pid)
+    dead.kill()
+    dead.wait()
+    with ResultStore.open(tmp_path, {"x": 1}) as store:
+        store._conn.execute("INSERT INTO claims VALUES ('s', '1', ?, 0)", (owner,))
+        stats = run_jobs(FakeDefense(), _jobs("1"), GenerationSettings(), tmp_path, store)
+    assert (stats.new, stats.busy) == (1, 0)
+
+
+def test_images_another_process_stored_meanwhile_are_not_counted_as_new(tmp_path):
+    from amsmooth.eval.runner import GenerationSettings, run_jobs
+    from amsmooth.eval.store import ImageResult, ResultStore
+
+    def other_process_finishes(prompt):
+        with ResultStore.open(tmp_path, {"x": 1}) as other:
+            other.add(ImageResult("s", "1", 0, prompt, "none"))
+
+    with ResultStore.open(tmp_path, {"x": 1}) as store:
+        stats = run_jobs(FakeDefense(other_process_finishes), _jobs("1"), GenerationSettings(), tmp_path, store)
+    assert (stats.new, stats.skipped) == (0, 1)

@@ -107,3 +107,14 @@ def test_defense_spec_names_settings_and_combinations():
                        (("none", None, "unet"), "needs AMS")]:
         with pytest.raises(AmsmoothError, match=match):
             DefenseSpec.parse(*bad)
+
+
+def test_sld_refuses_clip_skip_instead_of_ignoring_it():
+    import torch
+
+    from amsmooth.baselines.sld import SLDPipeline
+    from amsmooth.models.tiny import tiny_pipeline
+
+    sld = SLDPipeline.from_pipeline(tiny_pipeline(), "sld-max")   # the family classes pass clip_skip on
+    with pytest.raises(AmsmoothError, match="clip_skip is not supported"):
+        sld("a cat", clip_skip=1, num_inference_steps=1, generator=torch.Generator().manual_seed(0))

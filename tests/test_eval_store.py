@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from _cli_errors import one_line_error
 from amsmooth import AmsmoothError
+from amsmooth.cli.main import main
 from amsmooth.eval.store import CONFIG_NAME, DB_NAME, ImageResult, ResultStore, config_diff
 
 WRITER = Path(__file__).with_name("_store_writer.py")
@@ -139,3 +141,32 @@ def test_two_processes_write_one_run_dir(tmp_path):
     with ResultStore.read(run) as store:
         keys = [r.key for r in store.rows()]
     assert len(keys) == len(set(keys)) == n
+
+
+def _stored_run(run_dir: Path) -> Path:
+    from amsmooth.eval.store import ImageResult, ResultStore
+
+    with ResultStore.open(run_dir, {"command": "eval", "defense": "none"}) as store:
+        store.add(ImageResult("s", "1", 0, "a cat", "none", {}, 1, None, "nudenet", {"x": 0.1}, False, 1.0, "i.png"))
+    return run_dir
+
+
+def test_config_json_is_created_with_the_umask_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        run = _stored_run(tmp_path / "run")
+    finally:
+        os.umask(mask)
+    assert (run / "config.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("update", ["scores = 'not json'", "defense_config = '[1]'", "seconds = 'slow'",
+                                    "flagged = 7", "k = 'one'"])
+def test_report_on_a_tampered_row_is_one_line_error(tmp_path, capsys, update):
+    import sqlite3
+
+    run = _stored_run(tmp_path / "run")
+    with sqlite3.connect(run / "results.sqlite") as conn:
+        conn.execute(f"UPDATE results SET {update}")
+    assert main(["report", str(run)]) == 2
+    assert "is damaged" in one_line_error(capsys)
