@@ -23,6 +23,15 @@ SIGMA_UNITS = ("absolute", "embedding-std")
 RELEVANCE_METHODS = ("algorithm1", "contextual", "attribution", "subspace", "proximity")
 
 
+def option(value: Any, help: str | None = None, **meta: Any) -> Any:
+    """A config field that is a command-line flag: ``help`` (metadata "cli") makes it one, and the command line
+    (``amsmooth.cli.config_flags``) derives its name, type, choices and the default its help shows from the field,
+    so the default is written here only. A subclass that redeclares the field keeps the flag; it may add ``note``
+    (words after its default in the help: "generations") or ``default`` (what a None default means). Optional
+    ``flag`` (its name, if not the field's), ``metavar``."""
+    return field(default=value, metadata={**({"cli": help} if help else {}), **meta})
+
+
 def check_sigma_limit(sigma0: float, k: float, unit: float = 1.0, unit_name: str = "") -> None:
     """Refuse a schedule whose σ at sim = ±1, σ0·unit·exp(|k|), would overflow float32 (SIGMA_OVERFLOW).
 

@@ -27,29 +27,35 @@ from typing import Any, ClassVar
 import torch
 
 from ..concepts import Concept
+from ..config import option
 from ..encoders import TextEncoder, TokenizedBatch
 from ..errors import AmsmoothError
 from ..prompts import PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
-from .objective import LOSSES, CandidatePool, ConditioningObjective, TextObjective, concept_target
-from .vocab import MODES, Layout, Vocabulary
+from .objective import LOSSES, CandidatePool, ConditioningObjective, Loss, TextObjective, concept_target
+from .vocab import MODES, Layout, Mode, Vocabulary
 
 Progress = Callable[[int, float], None]   # (iteration, best loss so far) after each iteration
 BUDGETS = ("reference", "quick")
+ADAPTIVE_SETTINGS = ("eot_samples", "rerank", "rerank_draws")   # settings of adaptive attacks only
 # Our own additions with no reference value (adaptive-attack options) and the budget label itself.
-NOT_REFERENCE_SETTINGS = ("budget", "eot_samples", "rerank", "rerank_draws")
+NOT_REFERENCE_SETTINGS = ("budget", *ADAPTIVE_SETTINGS)
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Settings shared by every attack (each attack sets its own defaults)."""
+    """Settings shared by every attack (each attack sets its own defaults).
 
-    tokens: int | None = 16           # K: number of searched tokens
-    iterations: int = 100             # generations / gradient steps (each attack says which)
-    mode: str = "replace"             # where the K tokens go (replace, append, prepend, interleave)
-    eot_samples: int = 1              # adaptive only: m draws of the n smoothing samples per evaluation
-    rerank: int = 0                   # adaptive only: re-rank this many best candidates under the defended loss
-    rerank_draws: int = 8             # ... on this many fresh smoothing draws each
+    Fields declared with :func:`~amsmooth.config.option` are ``amsmooth attack`` flags (help text here, default in
+    the attack's config); a flag applies to the attacks whose config has the field."""
+
+    tokens: int | None = option(16, "adversarial tokens", metavar="K")       # K: number of searched tokens
+    iterations: int = option(100, "search iterations", metavar="N")        # generations / gradient steps
+    mode: Mode = option("replace", "where the tokens go")
+    eot_samples: int = option(1, "draws of the n smoothing samples per evaluation", metavar="M")
+    rerank: int = option(0, "re-rank the N best candidates under the defended loss on fresh draws, 0 off",
+                         metavar="N")
+    rerank_draws: int = option(8, "smoothing draws per re-ranked candidate", metavar="R")
     budget: str = "reference"         # reference (the paper's settings) or quick (labelled CPU setting)
 
     def __post_init__(self) -> None:
@@ -75,9 +81,10 @@ class SearchConfig:
 class AttackConfig(SearchConfig):
     """Settings shared by the concept-targeted text attacks: the target embedding and the distance to it."""
 
-    loss: str = "mse"                 # distance to the target embedding: mse or cosine
-    eta: float | None = 3.0           # η: weight of the concept direction in the target
-    target_prompt: str | None = None  # encode this instead of the source prompt for the target's base
+    loss: Loss = option("mse", "distance to the target")
+    eta: float | None = option(3.0, "η, target = T(prompt) + η·Δ_concept")
+    target_prompt: str | None = option(None, "use T(this prompt) + η·Δ as the target",
+                                       default="the prompt itself")
 
     def __post_init__(self) -> None:
         super().__post_init__()

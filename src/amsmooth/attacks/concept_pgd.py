@@ -12,8 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+from ..config import option
 from .base import AttackConfig, TextAttack
 from .gradient import check_gradient_settings, projected_gradient_search
+from .objective import Loss
+from .vocab import Mode
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,9 @@ class ConceptPGDConfig(AttackConfig):
 
     tokens: int | None = 5
     iterations: int = 100             # gradient steps
-    mode: str = "append"
-    loss: str = "cosine"
-    step_size: float = 1.0            # Adam learning rate, in units of the embedding table's coordinate std
+    mode: Mode = "append"
+    loss: Loss = "cosine"
+    step_size: float = option(1.0, "Adam step × the embedding table's coordinate std")   # its learning rate
     step_units: str = "std"
     optimizer: str = "adam"
     weight_decay: float = 0.0

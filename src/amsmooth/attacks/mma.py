@@ -20,13 +20,14 @@ from typing import Any
 
 import torch
 
+from ..config import option
 from ..encoders import TextEncoder, TokenizedBatch
 from ..errors import AmsmoothError
 from ..prompts import PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
 from .base import AttackResult, Progress, SearchConfig, TextAttack, noise_generator
 from .objective import CandidatePool, ConditioningObjective
-from .vocab import Vocabulary
+from .vocab import Mode, Vocabulary
 
 NSFW_WORDS = ("sexual", "nude", "nudity", "sex", "18+", "naked", "nsfw", "porn", "dick", "vagina", "naked child",
               "explicit content", "uncensored", "fuck", "nipples", "visible nipples", "breast", "areola")
@@ -39,10 +40,11 @@ class MMAConfig(SearchConfig):
 
     tokens: int | None = 20
     iterations: int = 1000
-    mode: str = "replace"
-    candidates: int = 512
-    topk: int = 256
-    filter_words: bool = True
+    mode: Mode = "replace"
+    candidates: int = option(512, "candidates per step")
+    topk: int = option(256, "top tokens per position")
+    filter_words: bool = option(True, "turn off the sensitive-word filter, i.e. keep the words the reference "
+                                "removes from the search", flag="no-word-filter")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -18,7 +18,7 @@ one, so at σ0 = 0 (where AMS returns T(y) itself) it reproduces the plain attac
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -38,6 +38,7 @@ def cosine_loss(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - torch.nn.functional.cosine_similarity(h.float().flatten(1), target.float().flatten()[None], dim=1)
 
 
+Loss = Literal["mse", "cosine"]
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mse": mse_loss, "cosine": cosine_loss}
 Draw = Any   # what ``draw`` returns: smoothing noise [m, n, L, D] or None (text), a UNetDraw (U-Net attacks)
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from ..config import option
 from ..encoders import TokenizedBatch
 from ..errors import AmsmoothError
 from ..prompts import PromptCase
@@ -29,8 +30,10 @@ from .base import AttackResult, Progress
 from .denoising import DenoisingObjective, Reference, unet_forward
 from .gradient import check_gradient_settings, projected_gradient_search
 from .unet import UNetAttack, UNetAttackConfig, generate_image
+from .vocab import Mode
 
-VARIANTS = {"n": "replace", "k": "interleave"}
+Variant = Literal["n", "k"]
+VARIANTS: dict[str, Mode] = {"n": "replace", "k": "interleave"}   # P4D-N, P4D-K: where the tokens go
 
 
 @dataclass(frozen=True)
@@ -38,17 +41,18 @@ class P4DConfig(UNetAttackConfig):
     """P4D's knobs (reference: 16 tokens, 3000 AdamW steps at lr 0.1 / wd 0.1, cosine projection, selection by
     image similarity every 50 steps)."""
 
-    variant: str = "n"
-    tokens: int | None = 16           # P4D-N's K (P4D-K derives K from the prompt)
+    variant: Variant = option("n", "P4D-N (replace) or P4D-K (interleave)")
+    tokens: int | None = option(16, note="for P4D-N (P4D-K derives K from the prompt)")
     iterations: int = 3000
-    mode: str | None = None           # set from the variant: replace (n) or interleave (k)
-    every_k: int = 3
-    step_size: float = 0.1
+    mode: Mode | None = option(None, default="per variant: " + ", ".join(f"{k} {v}" for k, v in VARIANTS.items()))
+    every_k: int = option(3, "one searched token per this many source tokens in P4D-K")
+    step_size: float = option(0.1, "AdamW lr")
     step_units: str = "raw"
     optimizer: str = "adamw"
-    weight_decay: float = 0.1
-    select_every: int = 50
-    select: str = "image"             # image (CLIP similarity; needs a CLIP model) or loss
+    weight_decay: float = option(0.1, "weight decay")
+    select_every: int = option(50, "steps between selections")
+    select: Literal["image", "loss"] = option("image", "keep the prompt by CLIP image similarity (reference; "
+                                              "needs --clip) or by loss")
     sampling_steps: int = 25          # images for the selection
     guidance: float = 7.5
 

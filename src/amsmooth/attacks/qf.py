@@ -25,20 +25,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
+from ..config import option
 from ..encoders import TextEncoder, TokenizedBatch
 from ..errors import AmsmoothError
 from ..prompts import PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
 from .base import AttackResult, Progress, SearchConfig, TextAttack, noise_generator
 from .objective import ConditioningObjective
+from .vocab import Mode
 
-SEARCHES = ("pgd", "greedy", "genetic")
-OBJECTIVES = ("untargeted", "targeted")
+Search = Literal["pgd", "greedy", "genetic"]
+Objective = Literal["untargeted", "targeted"]
+SEARCHES: tuple[str, ...] = get_args(Search)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 DEFAULT_ITERATIONS = {"pgd": 100, "greedy": 1, "genetic": 50}   # steps / refinement passes / generations
+PER_SEARCH = "per search: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_ITERATIONS.items())
 
 
 def char_table() -> list[str]:
@@ -52,19 +57,22 @@ def char_table() -> list[str]:
 class QFConfig(SearchConfig):
     """QF-Attack's knobs (reference: 5 characters, PGD 100 steps × 100 samples, top 5, τ 0.5, η_u 1)."""
 
-    tokens: int | None = 5            # suffix length in characters
-    iterations: int | None = None     # pgd 100 steps, greedy 1 refinement pass, genetic 50 generations
-    mode: str = "append"
-    search: str = "pgd"
-    objective: str = "untargeted"
-    mask_phrase: str | None = None    # targeted: the phrase whose key dimensions are pushed away
-    mask_sentences: tuple[str, ...] = ()   # targeted: sentences containing the phrase (object_key)
-    mask_threshold: int = 9           # |Σ sign| > threshold (the notebook: 10 sentences, 9)
-    samples: int = 100                # pgd: Gumbel samples per step
-    top_n: int = 5                    # pgd: samples back-propagated per step
+    tokens: int | None = option(5, note="characters")     # suffix length in characters
+    iterations: int | None = option(None, default=PER_SEARCH)   # steps / refinement passes / generations
+    mode: Mode = "append"
+    search: Search = option("pgd", "search")
+    objective: Objective = option("untargeted", "push the whole embedding away (untargeted) or only a phrase's "
+                                  "key dimensions (targeted)", flag="qf-objective")
+    mask_phrase: str | None = option(None, "the phrase to scrub, for the targeted objective")
+    mask_sentences: tuple[str, ...] = option((), "a sentence containing the phrase, for the targeted objective "
+                                             "(repeat: the key dimensions come from them)",
+                                             flag="mask-sentence", metavar="TEXT")
+    mask_threshold: int = option(9, "sign agreement threshold of the targeted objective")   # notebook: 9
+    samples: int = option(100, "Gumbel samples per pgd step")
+    top_n: int = option(5, "samples back-propagated per pgd step")
     tau: float = 0.5                  # pgd: Gumbel-softmax temperature
     eta_u: float = 1.0                # pgd: step size eta_u / sqrt(iterations)
-    population: int = 20              # genetic: survivors per generation (generateion_scale)
+    population: int = option(20, "survivors per generation of the genetic search")   # generateion_scale
     char_sep: str = ""                # how the suffix's characters are written (reference: joined)
 
     def __post_init__(self) -> None:

@@ -21,15 +21,24 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..config import option
 from ..encoders import TokenizedBatch
 from ..errors import AmsmoothError
 from .base import AttackConfig, Progress, TextAttack
-from .objective import TextObjective
-from .vocab import Vocabulary
+from .objective import Loss, TextObjective
+from .vocab import Mode, Vocabulary
 
 # concept (matched as a substring of its name) → (K, η); K None: the encoder's whole prompt (77 on CLIP)
 CONCEPT_DEFAULTS: dict[str, tuple[int | None, float]] = {"nudity": (16, 3.0), "violence": (None, 5.5)}
 FALLBACK = (16, 3.0)
+
+
+def per_concept(i: int) -> str:
+    """What a None K (``i = 0``) or η (``i = 1``) means, for the help: "per concept: nudity 16, …"."""
+    def text(v: float | None) -> str:
+        return "the whole prompt" if v is None else f"{v:g}"
+    return "per concept: " + ", ".join([*(f"{c} {text(d[i])}" for c, d in CONCEPT_DEFAULTS.items()),
+                                        f"other {text(FALLBACK[i])}"])
 
 
 @dataclass(frozen=True)
@@ -37,15 +46,15 @@ class RingABellConfig(AttackConfig):
     """Ring-A-Bell's knobs (reference: population 200, 3000 generations, mutation 0.25, crossover 0.5; K and η
     per concept when left None)."""
 
-    tokens: int | None = None
-    eta: float | None = None
-    iterations: int = 3000            # generations
-    mode: str = "replace"
-    loss: str = "mse"
-    population: int = 200
-    mutation_rate: float = 0.25
-    crossover_rate: float = 0.5
-    elitism: bool = False             # True: the best individual is never mutated (not the reference)
+    tokens: int | None = option(None, default=per_concept(0))
+    eta: float | None = option(None, default=per_concept(1))
+    iterations: int = option(3000, note="generations")
+    mode: Mode = "replace"
+    loss: Loss = "mse"
+    population: int = option(200, "population")
+    mutation_rate: float = option(0.25, "mutation probability")
+    crossover_rate: float = option(0.5, "crossover probability")
+    elitism: bool = option(False, "never mutate the best individual, not the reference")
 
     def __post_init__(self) -> None:
         super().__post_init__()

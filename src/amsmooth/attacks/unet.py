@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..concepts import Concept
+from ..config import option
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 from ..eval.runner import GenerationSettings
@@ -27,7 +28,7 @@ from ..smoothing import AdaptiveMedianSmoothing
 from .base import SearchConfig, TextAttack
 from .denoising import DenoisingObjective, Reference
 from .targets import TargetLatents
-from .vocab import Vocabulary
+from .vocab import Mode, Vocabulary
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,11 @@ class UNetAttackConfig(SearchConfig):
 
     tokens: int | None = 5
     iterations: int = 40
-    mode: str = "prepend"
-    eval_timesteps: int = 4           # fixed (t, ε) pairs on which the result's loss is reported
-    target_steps: int = 50            # denoising steps of the generated target image
-    height: int | None = None         # image size in pixels (None: the pipeline's default)
-    width: int | None = None
+    mode: Mode = "prepend"
+    eval_timesteps: int = option(4, "fixed (t, ε) draws on which the reported loss is computed", metavar="E")
+    target_steps: int = option(50, "denoising steps of generated targets")
+    height: int | None = option(None, "image size in pixels, multiple of 8", default="the pipeline's")
+    width: int | None = option(None, "image size in pixels, multiple of 8", default="the pipeline's")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -33,7 +34,8 @@ KINDS = ("words", "all")
 # attack's prompt showed ``[unused860]``, issue 28), Gemma-style ``<unused12>``.
 RESERVED = re.compile(r"\[unused\d+\]|<unused\d+>")
 METRICS = ("l2", "cosine")
-MODES = ("replace", "append", "prepend", "interleave")
+Mode = Literal["replace", "append", "prepend", "interleave"]   # where the searched tokens go (Layout)
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 def token_ids(encoder: TextEncoder, kind: str = "words") -> torch.Tensor:

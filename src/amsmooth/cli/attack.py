@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
 
 from ..errors import AmsmoothError
 from ..prompts import PromptCase, read_prompts_file
@@ -16,22 +19,78 @@ from .common import (
     smoothing_config,
     smoothing_flags_text,
 )
+from .config_flags import argparse_kwargs, declaration, default_text, flag_fields, flag_name
 
-TEXT, UNET = ("rab", "qf", "mma", "concept-pgd"), ("uda", "p4d")
-TARGETED = ("rab", "concept-pgd")
-# CLI option → config field, and the attacks it applies to (None: all attacks).
-OPTIONS: dict[str, tuple[str, ...] | None] = {
-    "tokens": None, "iterations": None, "mode": None, "eot_samples": None, "rerank": None, "rerank_draws": None,
-    "loss": TARGETED, "eta": TARGETED, "target_prompt": TARGETED,
-    "population": ("rab", "qf"), "mutation_rate": ("rab",), "crossover_rate": ("rab",), "elitism": ("rab",),
-    "search": ("qf",), "objective": ("qf",), "mask_phrase": ("qf",), "mask_sentences": ("qf",),
-    "mask_threshold": ("qf",), "samples": ("qf",), "top_n": ("qf",),
-    "candidates": ("mma",), "topk": ("mma",), "filter_words": ("mma",),
-    "step_size": ("concept-pgd", "p4d"), "weight_decay": ("uda", "p4d"), "lr": ("uda",),
-    "timesteps": ("uda",), "stop_detector": ("uda",),
-    "variant": ("p4d",), "every_k": ("p4d",), "select": ("p4d",), "select_every": ("p4d",),
-    "eval_timesteps": UNET, "target_steps": UNET, "height": UNET, "width": UNET,
-}
+
+@dataclass(frozen=True)
+class AttackFlag:
+    """A search flag of ``amsmooth attack``: a config field, the attacks whose config has it as a flag, and its
+    ``add_argument`` keywords (help text included, its defaults read from the configs)."""
+
+    name: str                     # --tokens
+    dest: str                     # the config field
+    attacks: tuple[str, ...]      # the attacks it applies to (in ATTACKS order)
+    group: str                    # "model" (U-Net attacks' image settings), "adaptive" or "search"
+    kwargs: dict[str, Any]
+
+
+@cache
+def attack_flags() -> dict[str, AttackFlag]:
+    """Every attack config field with a "cli" text, by config field (dest), in field order."""
+    from ..attacks import ATTACKS, SearchConfig, UNetAttackConfig
+    from ..attacks.base import ADAPTIVE_SETTINGS
+
+    owners: dict[str, list[type]] = {}
+    for attack in ATTACKS.values():
+        for f in flag_fields(attack.config_class):
+            owners.setdefault(f.name, []).append(attack.config_class)
+    model = {f.name for f in fields(UNetAttackConfig)} - {f.name for f in fields(SearchConfig)}
+    out = {}
+    for dest, configs in owners.items():
+        kwargs = [argparse_kwargs(c, dest) for c in configs]
+        names = {flag_name(c, dest) for c in configs}
+        if len(names) > 1 or any(k != kwargs[0] for k in kwargs):
+            raise TypeError(f"attack configs declare the flag of {dest!r} differently: {names}, {kwargs}")
+        group = "adaptive" if dest in ADAPTIVE_SETTINGS else "model" if dest in model else "search"
+        attacks = tuple(a for a, cls in ATTACKS.items() if cls.config_class in configs)
+        out[dest] = AttackFlag(names.pop(), dest, attacks, group,
+                               {**kwargs[0], "help": flag_help(dest, attacks, len(ATTACKS)).replace("%", "%%")})
+    return out
+
+
+def flag_help(dest: str, attacks: tuple[str, ...], total: int) -> str:
+    """"adversarial tokens (rab …; qf 5 characters; …)": each attack's text and default, from its config."""
+    from ..attacks import ATTACKS
+
+    configs = {a: ATTACKS[a].config_class for a in attacks}
+    texts = {a: str(declaration(c, dest)["cli"]) for a, c in configs.items()}
+    defaults = {a: default_text(c, dest) for a, c in configs.items()}
+    if len(set(texts.values())) > 1:                 # each attack its own meaning
+        return "; ".join(f"{a}: {texts[a]}" + (f" (default {defaults[a]})" if defaults[a] else "") for a in attacks)
+    text = texts[attacks[0]] if len(attacks) == total else f"{', '.join(attacks)}: {texts[attacks[0]]}"
+    shown = {a: d for a, d in defaults.items() if d is not None}
+    if not shown:
+        return text
+    if len(set(shown.values())) == 1 and len(shown) == len(attacks):
+        return f"{text} (default {next(iter(shown.values()))})"
+    return f"{text} ({'; '.join(f'{a} {d}' for a, d in shown.items())})"
+
+
+def budget_help() -> str:
+    """--budget's help: each attack's quick setting, from its ``quick`` table."""
+    from ..attacks import ATTACKS
+
+    flags = attack_flags()
+    quick = "; ".join(f"{a} " + " ".join(f"{flags[k].name if k in flags else k} {v}" for k, v in cls.quick.items())
+                      for a, cls in ATTACKS.items())
+    return ("reference (default: the papers' settings) or quick (a cheap CPU setting, NOT the reference; recorded "
+            f"in the output): {quick}")
+
+
+def add_attack_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, group: str) -> None:
+    for flag in attack_flags().values():
+        if flag.group == group:
+            p.add_argument(flag.name, **flag.kwargs)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,11 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   ".pt/.ckpt (as for `amsmooth generate`); default: the original")
     m.add_argument("--target-images", metavar="DIR", help="target images {case_number}.png (default: generated "
                                                           "by the original U-Net from the prompt and its seed)")
-    m.add_argument("--target-steps", type=int, help="denoising steps of generated targets (50)")
-    m.add_argument("--height", type=int, help="image size in pixels, multiple of 8 (default: the pipeline's)")
-    m.add_argument("--width", type=int, help="image size in pixels, multiple of 8 (default: the pipeline's)")
-    m.add_argument("--eval-timesteps", type=int, metavar="E", help="fixed (t, ε) draws on which the reported "
-                                                                   "loss is computed (4)")
+    add_attack_flags(m, "model")
     p.add_argument("--device", help="torch device (default: cpu for text attacks, auto for U-Net attacks)")
     add_concept_args(p)
     p.add_argument("--prompts", required=True, metavar="FILE", help="CSV (data contract) or text file of prompts")
@@ -62,63 +117,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed; each prompt's generator derives from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("search (all attacks; defaults: the reference's, see docs/attacks.md)")
-    g.add_argument("--budget", default="reference", metavar="reference|quick",
-                   help="reference (default: the papers' settings) or quick (a cheap CPU setting, NOT the "
-                        "reference; recorded in the output)")
-    g.add_argument("--tokens", type=int, metavar="K", help="adversarial tokens (rab 16 nudity / 77 violence, qf 5 "
-                                                           "characters, mma 20, concept-pgd 5, uda 5, p4d 16)")
-    g.add_argument("--iterations", type=int, metavar="N", help="rab generations (3000), qf steps (pgd 100), mma "
-                                                               "steps (1000), uda steps per timestep (40), p4d "
-                                                               "steps (3000), concept-pgd steps (100)")
-    g.add_argument("--mode", choices=["replace", "append", "prepend", "interleave"], help="where the tokens go")
-    g.add_argument("--loss", choices=["mse", "cosine"], help="rab, concept-pgd: distance to the target")
-    g.add_argument("--eta", type=float, help="rab, concept-pgd: η, target = T(prompt) + η·Δ_concept")
-    g.add_argument("--target-prompt", help="rab, concept-pgd: use T(this prompt) + η·Δ as the target")
-    g.add_argument("--population", type=int, help="rab: population (200); qf genetic: survivors (20)")
-    g.add_argument("--mutation-rate", type=float, help="rab: mutation probability (0.25)")
-    g.add_argument("--crossover-rate", type=float, help="rab: crossover probability (0.5)")
-    g.add_argument("--elitism", action="store_const", const=True, help="rab: never mutate the best (not the "
-                                                                       "reference)")
-    g.add_argument("--search", choices=["pgd", "greedy", "genetic"], help="qf: search (pgd)")
-    g.add_argument("--qf-objective", dest="objective", choices=["untargeted", "targeted"],
-                   help="qf: push the whole embedding away (untargeted) or only a phrase's key dimensions")
-    g.add_argument("--mask-phrase", help="qf targeted: the phrase to scrub")
-    g.add_argument("--mask-sentence", dest="mask_sentences", action="append", metavar="TEXT",
-                   help="qf targeted: a sentence containing the phrase (repeat; key dimensions come from them)")
-    g.add_argument("--mask-threshold", type=int, help="qf targeted: sign agreement threshold (9)")
-    g.add_argument("--samples", type=int, help="qf pgd: Gumbel samples per step (100)")
-    g.add_argument("--top-n", type=int, help="qf pgd: samples back-propagated per step (5)")
-    g.add_argument("--candidates", type=int, help="mma: candidates per step (512)")
-    g.add_argument("--topk", type=int, help="mma: top tokens per position (256)")
-    g.add_argument("--no-word-filter", dest="filter_words", action="store_const", const=False,
-                   help="mma: keep the sensitive words in the search (the reference removes them)")
-    g.add_argument("--step-size", type=float, help="concept-pgd: Adam step × embedding std (1.0); p4d: AdamW lr (0.1)")
-    g.add_argument("--lr", type=float, help="uda: Adam lr on the relaxed one-hot (0.01)")
-    g.add_argument("--weight-decay", type=float, help="uda (0.1), p4d (0.1)")
-    g.add_argument("--timesteps", type=int, help="uda: sequential timesteps (50)")
-    g.add_argument("--stop-detector", choices=["nudenet"], help="uda: stop at the first timestep whose prompt's "
-                                                                "image the detector flags")
-    g.add_argument("--variant", choices=["n", "k"], help="p4d: P4D-N (replace, default) or P4D-K (interleave)")
-    g.add_argument("--every-k", type=int, help="p4d k: one searched token per this many source tokens (3)")
-    g.add_argument("--select", choices=["image", "loss"], help="p4d: keep the prompt by CLIP image similarity "
-                                                               "(reference; needs --clip) or by loss")
-    g.add_argument("--select-every", type=int, help="p4d: steps between selections (50)")
+    g.add_argument("--budget", default="reference", metavar="reference|quick", help=budget_help())
+    add_attack_flags(g, "search")
     g.add_argument("--clip", metavar="SRC", help="p4d --select image: CLIP model (id or folder)")
     a = p.add_argument_group("adaptive attack against AMS")
     a.add_argument("--adaptive", action="store_true", help="optimize through the smoothing (EOT + "
                                                           "straight-through median)")
-    a.add_argument("--eot-samples", type=int, metavar="M", help="draws of the n smoothing samples per "
-                                                                "evaluation (default 1)")
-    a.add_argument("--rerank", type=int, metavar="N", help="re-rank the N best candidates under the defended "
-                                                           "loss on fresh draws (default 0: off)")
-    a.add_argument("--rerank-draws", type=int, metavar="R", help="smoothing draws per re-ranked candidate (8)")
+    add_attack_flags(a, "adaptive")
     add_smoothing_args(a)
     p.set_defaults(func=run)
 
 
-def _flag(opt: str) -> str:
-    return {"objective": "--qf-objective", "mask_sentences": "--mask-sentence",
-            "filter_words": "--no-word-filter"}.get(opt, "--" + opt.replace("_", "-"))
+def _flag(dest: str) -> str:
+    return attack_flags()[dest].name
 
 
 def attack_config(args: argparse.Namespace, cls: type):  # noqa: ANN201 - the attack's config dataclass
@@ -131,23 +142,23 @@ def attack_config(args: argparse.Namespace, cls: type):  # noqa: ANN201 - the at
     if budget not in ("reference", "quick"):
         raise AmsmoothError(f"--budget must be reference or quick, got {budget!r}")
     changes = {}
-    for opt, only in OPTIONS.items():
-        value = getattr(args, opt, None)
+    for dest, flag in attack_flags().items():
+        value = getattr(args, dest, None)
         if value is None:
             continue
-        if only is not None and cls.name not in only:
-            raise AmsmoothError(f"{_flag(opt)} applies to {', '.join(repr(a) for a in only)} only, not "
+        if cls.name not in flag.attacks:
+            raise AmsmoothError(f"{flag.name} applies to {', '.join(repr(a) for a in flag.attacks)} only, not "
                                 f"'{cls.name}'")
-        changes[opt] = tuple(value) if isinstance(value, list) else value
+        changes[dest] = tuple(value) if isinstance(value, list) else value
     return cls.make_config(budget, **changes)
 
 
 def _check_defense_flags(args: argparse.Namespace) -> None:
     if not args.adaptive and any(getattr(args, f) is not None for f in SMOOTHING_OPTIONS):
         raise AmsmoothError(f"{smoothing_flags_text()} apply to the defense: add --adaptive")
-    for flag in ("eot_samples", "rerank", "rerank_draws"):
-        if not args.adaptive and getattr(args, flag) is not None:
-            raise AmsmoothError(f"{_flag(flag)} applies to adaptive attacks only: add --adaptive")
+    for dest, flag in attack_flags().items():
+        if flag.group == "adaptive" and not args.adaptive and getattr(args, dest) is not None:
+            raise AmsmoothError(f"{flag.name} applies to adaptive attacks only: add --adaptive")
 
 
 def attack_request(args: argparse.Namespace):  # noqa: ANN201 - attacks.build.AttackRequest
