@@ -154,3 +154,68 @@ def test_budget_help_lists_each_attacks_quick_table():
 def test_literal_choices_match_the_tables_they_name():
     assert get_args(Loss) == tuple(LOSSES)
     assert get_args(Variant) == tuple(VARIANTS)
+
+
+# ---------------------------------------------------------------------------------------------- amsmooth unlearn
+
+def _unlearn_settings():
+    from amsmooth.unlearn.esd import ESDSettings
+    from amsmooth.unlearn.race import RACESettings
+    from amsmooth.unlearn.rece import RECESettings
+    from amsmooth.unlearn.uce import UCESettings
+
+    return {"esd": ESDSettings, "uce": UCESettings, "rece": RECESettings, "race": RACESettings}
+
+
+def _unlearn_args(method: str, *flags: str) -> argparse.Namespace:
+    return _parser("unlearn").parse_args([method, "--model", "tiny", "--concept", "nudity", "--out", "u.safetensors",
+                                          *flags])
+
+
+@pytest.mark.parametrize("group", ["esd", "uce", "rece", "race"])
+def test_every_unlearn_settings_flag_reaches_its_field(group):
+    """Flag → settings value for every settings field with a help text (RECE's through `unlearn rece`, whose
+    UCE stage takes the UCE flags; RACE's ESD stage takes the ESD flags)."""
+    from amsmooth.cli import unlearn as unlearn_cli
+
+    cls = _unlearn_settings()[group]
+    mapping = unlearn_cli.setting_flags()[group]
+    assert sorted(mapping.values()) == sorted(f.name for f in flag_fields(cls)) and mapping
+    for dest, name in mapping.items():
+        flag = "--" + dest.replace("_", "-")
+        argv, value = _candidates(cls, name, flag)[0]
+        settings = unlearn_cli.method_settings(_unlearn_args(group, *argv))
+        assert getattr(settings, name) == value, (group, argv)
+        if group == "esd" and name != "iterations":     # RACE's ESD stage takes the same flag
+            assert getattr(unlearn_cli.method_settings(_unlearn_args("race", *argv)).esd, name) == value
+    race = unlearn_cli.method_settings(_unlearn_args("race", "--iterations", "7", "--esd-iterations", "9"))
+    assert (race.iterations, race.esd.iterations) == (7, 9)
+
+
+def test_unlearn_help_shows_each_settings_default():
+    from amsmooth.cli import unlearn as unlearn_cli
+    from amsmooth.unlearn.esd import QUICK
+    from amsmooth.unlearn.race import QUICK_RACE
+
+    helps = {a.dest: a.help.replace("%%", "%") for a in _parser("unlearn")._actions}
+    for group, cls in _unlearn_settings().items():
+        for dest, name in unlearn_cli.setting_flags()[group].items():
+            value = cls.__dataclass_fields__[name].default
+            assert f"(default {default_text(cls, name)}" in helps[dest] or name == "iterations", (dest, helps[dest])
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert f"default {value:g}" in helps[dest], (dest, helps[dest])
+    assert f"race: of the adversarial stage, default {_unlearn_settings()['race']().iterations}" in helps["iterations"]
+    assert f"quick: {QUICK_RACE.esd.iterations}" in helps["esd_iterations"]
+    assert f"quick: a labelled CPU smoke setting, NOT the reference ({QUICK.iterations} iterations, " \
+           f"{QUICK.ddim_steps} DDIM steps" in helps["budget"]
+
+
+def test_every_unlearn_settings_option_is_derived():
+    """No hand-written flag for a settings field: the options are the derived ones plus the inputs (texts, files)."""
+    from amsmooth.cli import unlearn as unlearn_cli
+
+    inputs = {"help", "method_name", "model", "unet", "concept", "erase", "out", "overwrite", "device", "seed",
+              "no_progress", "budget", "guide", "preserve", "preserve_file", "pretrained_esd", "esd_iterations"}
+    derived = [d for g in unlearn_cli.setting_flags().values() for d in g]
+    assert sorted(a.dest for a in _parser("unlearn")._actions if a.dest not in inputs) == sorted(derived)
+    assert set(unlearn_cli.method_flags()["rece"]) >= set(unlearn_cli.method_flags()["uce"])

@@ -1,19 +1,21 @@
 """Command-line flags derived from config dataclasses (``amsmooth.config.option``).
 
 A field is a flag when its declaration, or the nearest one up the class hierarchy that has one, carries a "cli"
-help text; the flag's name, type (from the annotation), choices (from a ``Literal``) and argparse action (a bool
-field is a switch, a tuple field a repeatable option) come from the field, and the default its help shows is the
-field's own default, so no default is written twice.
+help text; the flag's name, type (from the annotation), choices (a ``Literal``, or metadata) and argparse action
+(a bool field is a switch, a tuple field a repeatable option) come from the field, and the default its help shows
+is the field's own default, so no default is written twice.
 """
 from __future__ import annotations
 
+import argparse
 import types
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, fields
 from functools import cache
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-FLAG_KEYS = ("cli", "flag", "metavar")   # metadata inherited from the declaration that makes the field a flag
+# Metadata inherited from the declaration that makes the field a flag.
+FLAG_KEYS = ("cli", "flag", "metavar", "choices", "const")
 
 
 def declaration(cls: type, name: str) -> Mapping[str, Any]:
@@ -51,11 +53,12 @@ def value_type(cls: type, name: str) -> Any:
     return hint
 
 
-def argparse_kwargs(cls: type, name: str) -> dict[str, Any]:
+def argparse_kwargs(cls: type, name: str, dest: str | None = None) -> dict[str, Any]:
     """``add_argument`` keywords of the field's flag (its help text aside); every flag defaults to None (= the
-    config's value), so a flag the user did not give never overrides it."""
+    config's value), so a flag the user did not give never overrides it. Metadata may give ``choices`` (else a
+    ``Literal`` annotation does) and ``const`` (the value of the flag given without one)."""
     meta, hint, f = declaration(cls, name), value_type(cls, name), cls.__dataclass_fields__[name]
-    out: dict[str, Any] = {"dest": name}
+    out: dict[str, Any] = {"dest": dest or name}
     if hint is bool:
         return {**out, "action": "store_const", "const": not f.default}
     if get_origin(hint) is tuple:
@@ -66,9 +69,26 @@ def argparse_kwargs(cls: type, name: str) -> dict[str, Any]:
         out["type"] = hint
     elif hint is not str:
         raise TypeError(f"{cls.__name__}.{name}: no flag for a field of type {hint}")
+    if "choices" in meta:
+        out["choices"] = list(meta["choices"])
+    if "const" in meta:
+        out.update(nargs="?", const=meta["const"])
     if "metavar" in meta:
         out["metavar"] = meta["metavar"]
     return out
+
+
+def add_field_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, name: str,
+                   dest: str | None = None, help: str | None = None) -> None:
+    """The field's flag, its help "TEXT (default D)" (``help`` replaces all of it)."""
+    text, default = declaration(cls, name)["cli"], default_text(cls, name)
+    text = help or (f"{text} (default {default})" if default is not None else text)
+    p.add_argument(flag_name(cls, name), help=text.replace("%", "%%"), **argparse_kwargs(cls, name, dest))
+
+
+def flag_dest(cls: type, name: str) -> str:
+    """The dest of the field's flag when it is named after the flag (``--rece-lamb`` → ``rece_lamb``)."""
+    return flag_name(cls, name)[2:].replace("-", "_")
 
 
 def default_text(cls: type, name: str) -> str | None:

@@ -3,20 +3,38 @@ JSON sidecar."""
 from __future__ import annotations
 
 import argparse
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from ..errors import AmsmoothError
 from ..prompts import text_lines
+from .config_flags import add_field_flag, flag_dest, flag_fields
 
-ESD_FLAGS = ("method", "iterations", "lr", "negative_guidance", "start_guidance", "ddim_steps", "sample_size",
-             "budget")
-UCE_FLAGS = ("guide", "preserve", "preserve_file", "lamb", "erase_scale", "preserve_scale", "technique")
-RECE_FLAGS = ("epochs", "rece_lamb", "rece_erase_scale", "rece_preserve_scale", "regular_scale")
-RACE_FLAGS = ("esd_iterations", "epsilon", "pgd_steps", "pgd_alpha", "adv_loss", "lasso", "pretrained_esd")
-# which option groups each method takes (any other group's option is refused, not ignored)
-METHOD_FLAGS = {"esd": ESD_FLAGS, "uce": UCE_FLAGS, "rece": UCE_FLAGS + RECE_FLAGS,
-                "race": ESD_FLAGS + RACE_FLAGS}
+
+@cache
+def setting_flags() -> dict[str, dict[str, str]]:
+    """Per settings group (esd, uce, rece, race): ``{flag dest: settings field}`` of the fields with a help text
+    (amsmooth.config.option); RACE's --iterations (its own stage) and --esd-iterations are added by hand."""
+    from ..unlearn.esd import ESDSettings
+    from ..unlearn.race import RACESettings
+    from ..unlearn.rece import RECESettings
+    from ..unlearn.uce import UCESettings
+
+    groups = {"esd": ESDSettings, "uce": UCESettings, "rece": RECESettings, "race": RACESettings}
+    return {g: {flag_dest(cls, f.name): f.name for f in flag_fields(cls)} for g, cls in groups.items()}
+
+
+@cache
+def method_flags() -> dict[str, tuple[str, ...]]:
+    """Which option dests each method takes (any other method's option is refused, not ignored)."""
+    s = setting_flags()
+    esd = (*s["esd"], "budget")
+    uce = ("guide", "preserve", "preserve_file", *s["uce"])
+    race = ("esd_iterations", "pretrained_esd", *s["race"])
+    return {"esd": esd, "uce": uce, "rece": uce + tuple(s["rece"]), "race": esd + race}
+
+
 METHODS = {"esd": "ESD (Gandikota et al. 2023): fine-tuning with negative guidance",
            "uce": "UCE (Gandikota et al. 2024): closed-form cross-attention edit",
            "rece": "RECE (Gong et al. 2024): UCE + closed-form erasure of adversarial embeddings",
@@ -24,9 +42,10 @@ METHODS = {"esd": "ESD (Gandikota et al. 2023): fine-tuning with negative guidan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..unlearn.esd import TRAIN_METHODS
-    from ..unlearn.race import ADV_LOSSES
-    from ..unlearn.uce import TECHNIQUES
+    from ..unlearn.esd import ESDSettings
+    from ..unlearn.race import QUICK_RACE, RACESettings
+    from ..unlearn.rece import RECESettings
+    from ..unlearn.uce import UCESettings
 
     p = sub.add_parser("unlearn", help="erase a concept from a model's U-Net (ESD, UCE, RECE, RACE)")
     p.add_argument("method_name", metavar="METHOD", choices=list(METHODS),
@@ -43,49 +62,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (esd, race; default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = p.add_argument_group("ESD, and RACE's training (defaults: the reference's; see docs/unlearn.md)")
-    e.add_argument("--method", choices=list(TRAIN_METHODS),
-                   help="parameters to fine-tune: " + "; ".join(f"{k}: {v}" for k, v in TRAIN_METHODS.items())
-                        + " (default u)")
-    e.add_argument("--budget", choices=["reference", "quick"],
-                   help="reference (default): 1000 iterations, 50 DDIM steps; quick: a labelled CPU smoke setting, "
-                        "NOT the reference (50 iterations, 10 DDIM steps; race: 50 ESD + 50 RACE iterations); "
-                        "explicit flags override either")
-    e.add_argument("--iterations", type=int, help="training iterations (1000; race: of the adversarial stage)")
-    e.add_argument("--lr", type=float, help="Adam learning rate (1e-5)")
-    e.add_argument("--negative-guidance", type=float, metavar="ETA", help="negative guidance η (1.0)")
-    e.add_argument("--start-guidance", type=float, help="CFG scale when sampling x_t (3.0)")
-    e.add_argument("--ddim-steps", type=int, help="DDIM steps of the x_t sampling (50)")
-    e.add_argument("--sample-size", type=int, help="side of x_t in U-Net units (default: the U-Net's sample_size; "
-                                                   "smaller is cheaper on a CPU)")
+    e.add_argument("--budget", choices=["reference", "quick"], help=budget_help())
+    iterations = (f"training iterations (default {ESDSettings().iterations}; race: of the adversarial stage, default "
+                  f"{RACESettings().iterations}, its ESD stage: --esd-iterations)")
+    for name in setting_flags()["esd"].values():
+        add_field_flag(e, ESDSettings, name, flag_dest(ESDSettings, name),
+                       help=iterations if name == "iterations" else None)
     u = p.add_argument_group("UCE, and RECE's first stage (defaults: the reference's; see docs/unlearn.md)")
     u.add_argument("--guide", action="append", metavar="TEXT",
                    help="what the erase texts are mapped to: one for all, or one per --erase (default: the empty "
                         "prompt, 'towards uncond')")
     u.add_argument("--preserve", action="append", metavar="TEXT", help="text to preserve (repeatable)")
     u.add_argument("--preserve-file", metavar="FILE", help="texts to preserve, one a line")
-    u.add_argument("--lamb", type=float, help="regularisation λ towards the original weights (0.5)")
-    u.add_argument("--erase-scale", type=float, help="weight of the erase terms (1.0)")
-    u.add_argument("--preserve-scale", type=float,
-                   help="weight of the preserve terms (default max(0.1, 1/number of preserved texts, the empty "
-                        "prompt included))")
-    u.add_argument("--technique", choices=list(TECHNIQUES), help="targets: replace (default) or tensor")
+    for name in setting_flags()["uce"].values():
+        add_field_flag(u, UCESettings, name, flag_dest(UCESettings, name))
     r = p.add_argument_group("RECE's adversarial rounds (defaults: the reference's nudity run)")
-    r.add_argument("--epochs", type=int, help="adversarial rounds after UCE (5)")
-    r.add_argument("--rece-lamb", type=float, help="λ of each round's edit (0.1)")
-    r.add_argument("--rece-erase-scale", type=float, help="weight of the adversarial embeddings (1.0)")
-    r.add_argument("--rece-preserve-scale", type=float, help="weight of the preserved texts in each round (0.1)")
-    r.add_argument("--regular-scale", type=float, help="ρ, regulariser of the adversarial embedding (0.1)")
+    for name in setting_flags()["rece"].values():
+        add_field_flag(r, RECESettings, name, flag_dest(RECESettings, name))
     a = p.add_argument_group("RACE's adversarial stage (defaults: the reference's)")
     a.add_argument("--pretrained-esd", metavar="PATH",
                    help="start from this ESD U-Net (as the reference does) instead of training ESD first")
-    a.add_argument("--esd-iterations", type=int, help="iterations of the ESD stage (1000; quick: 50)")
-    a.add_argument("--epsilon", type=float, help="L∞ radius of the embedding perturbation (0.1)")
-    a.add_argument("--pgd-steps", type=int, help="PGD steps per iteration (10)")
-    a.add_argument("--pgd-alpha", type=float, help="PGD step size (epsilon/4)")
-    a.add_argument("--adv-loss", choices=list(ADV_LOSSES), help="the attack's denoising loss (l2)")
-    a.add_argument("--lasso", type=float, nargs="?", const=0.1, metavar="LAMBDA",
-                   help="add λ·L1(θ, θ_ESD) to the loss (the reference's --lasso: λ 0.1; off by default)")
+    esd_stage = RACESettings().esd.iterations
+    a.add_argument("--esd-iterations", type=int, help=f"iterations of the ESD stage (default {esd_stage}; quick: "
+                                                      f"{QUICK_RACE.esd.iterations})")
+    for name in setting_flags()["race"].values():
+        add_field_flag(a, RACESettings, name, flag_dest(RACESettings, name))
     p.set_defaults(func=run)
+
+
+def budget_help() -> str:
+    """--budget's help, from the reference and quick settings."""
+    from ..unlearn.esd import QUICK, ESDSettings
+    from ..unlearn.race import QUICK_RACE
+
+    ref = ESDSettings()
+    return (f"reference (default): {ref.iterations} iterations, {ref.ddim_steps} DDIM steps; quick: a labelled CPU "
+            f"smoke setting, NOT the reference ({QUICK.iterations} iterations, {QUICK.ddim_steps} DDIM steps; race: "
+            f"{QUICK_RACE.esd.iterations} ESD + {QUICK_RACE.iterations} RACE iterations); explicit flags override "
+            "either")
 
 
 def _flag(name: str) -> str:
@@ -94,11 +108,11 @@ def _flag(name: str) -> str:
 
 def _check_flags(args: argparse.Namespace) -> None:
     """Refuse the other methods' flags instead of silently ignoring them."""
-    mine = METHOD_FLAGS[args.method_name]
-    others = dict.fromkeys(f for flags in METHOD_FLAGS.values() for f in flags if f not in mine)
+    mine = method_flags()[args.method_name]
+    others = dict.fromkeys(f for flags in method_flags().values() for f in flags if f not in mine)
     given = [_flag(f) for f in others if getattr(args, f) is not None]
     if given:
-        owners = sorted(m for m, flags in METHOD_FLAGS.items() if any(f.replace("-", "_")[2:] in flags
+        owners = sorted(m for m, flags in method_flags().items() if any(f.replace("-", "_")[2:] in flags
                                                                        for f in given))
         raise AmsmoothError(f"{', '.join(given)}: option(s) of `unlearn {'|'.join(owners)}`, not of `unlearn "
                             f"{args.method_name}`")
@@ -142,9 +156,10 @@ def esd_settings(args: argparse.Namespace):  # noqa: ANN201 - ESDSettings
     from ..unlearn.esd import QUICK, ESDSettings
 
     base = QUICK if args.budget == "quick" else ESDSettings()
-    fields = ("method", "lr", "negative_guidance", "start_guidance", "ddim_steps", "sample_size")
-    iterations = "esd_iterations" if args.method_name == "race" else "iterations"
-    settings = replace(base, **_given(args, {f: f for f in fields} | {iterations: "iterations"}))
+    fields = dict(setting_flags()["esd"])
+    if args.method_name == "race":            # --iterations is RACE's own stage; the ESD stage's: --esd-iterations
+        fields["esd_iterations"] = fields.pop("iterations")
+    settings = replace(base, **_given(args, fields))
     settings.validate()
     return settings
 
@@ -154,8 +169,7 @@ def uce_settings(args: argparse.Namespace):  # noqa: ANN201 - UCESettings
 
     from ..unlearn.uce import UCESettings
 
-    fields = ("lamb", "erase_scale", "preserve_scale", "technique")
-    settings = replace(UCESettings(), **_given(args, {f: f for f in fields}))
+    settings = replace(UCESettings(), **_given(args, setting_flags()["uce"]))
     settings.validate()
     return settings
 
@@ -163,9 +177,7 @@ def uce_settings(args: argparse.Namespace):  # noqa: ANN201 - UCESettings
 def rece_settings(args: argparse.Namespace):  # noqa: ANN201 - RECESettings
     from ..unlearn.rece import RECESettings
 
-    fields = {"epochs": "epochs", "rece_lamb": "lamb", "rece_erase_scale": "erase_scale",
-              "rece_preserve_scale": "preserve_scale", "regular_scale": "regular_scale"}
-    settings = RECESettings(uce=uce_settings(args), **_given(args, fields))
+    settings = RECESettings(uce=uce_settings(args), **_given(args, setting_flags()["rece"]))
     settings.validate()
     return settings
 
@@ -178,8 +190,7 @@ def race_settings(args: argparse.Namespace):  # noqa: ANN201 - RACESettings
     if args.pretrained_esd and args.esd_iterations is not None:
         raise AmsmoothError("--esd-iterations: no ESD stage runs when --pretrained-esd gives the ESD U-Net")
     base = QUICK_RACE if args.budget == "quick" else RACESettings()
-    fields = {"iterations": "iterations", "epsilon": "epsilon", "pgd_steps": "pgd_steps", "pgd_alpha": "alpha",
-              "adv_loss": "adv_loss", "lasso": "lasso"}
+    fields = {"iterations": "iterations", **setting_flags()["race"]}
     settings = replace(base, esd=esd_settings(args), **_given(args, fields))
     settings.validate()
     return settings

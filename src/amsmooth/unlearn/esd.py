@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..config import option
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 
@@ -45,15 +46,18 @@ REFERENCE_NAMES = {"xattn": "x", "noxattn": "u", "full": "full", "selfattn": "se
 
 @dataclass(frozen=True)
 class ESDSettings:
-    """ESD hyper-parameters. Defaults are the reference's (see docs/unlearn.md for the source of each)."""
+    """ESD hyper-parameters. Defaults are the reference's (see docs/unlearn.md for the source of each); the fields
+    with a help text are `amsmooth unlearn` flags."""
 
-    method: str = "u"
-    iterations: int = 1000
-    lr: float = 1e-5
-    negative_guidance: float = 1.0
-    start_guidance: float = 3.0
-    ddim_steps: int = 50
-    sample_size: int | None = None   # side of x_t in U-Net units (latent px); None: unet.config.sample_size
+    method: str = option("u", "parameters to fine-tune: " + "; ".join(f"{k}: {v}" for k, v in TRAIN_METHODS.items()),
+                         choices=tuple(TRAIN_METHODS))
+    iterations: int = option(1000, "training iterations")
+    lr: float = option(1e-5, "Adam learning rate")
+    negative_guidance: float = option(1.0, "negative guidance η", metavar="ETA")
+    start_guidance: float = option(3.0, "CFG scale when sampling x_t")
+    ddim_steps: int = option(50, "DDIM steps of the x_t sampling")
+    sample_size: int | None = option(None, "side of x_t in U-Net units, latent pixels (smaller is cheaper on a CPU)",
+                                     default="the U-Net's sample_size")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

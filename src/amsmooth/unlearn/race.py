@@ -21,14 +21,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
+from ..config import option
 from ..errors import AmsmoothError
 from .esd import QUICK, ESDDraw, ESDSettings, ESDTrainer, esd
 
-ADV_LOSSES = ("l2", "l1")
+AdvLoss = Literal["l2", "l1"]
+ADV_LOSSES: tuple[str, ...] = get_args(AdvLoss)
+LASSO = 0.1        # the reference's --lasso λ (train-esd.py)
 MAX_LOSS = 500.0   # train-esd.py: `if loss > 500.: raise ValueError('Loss is too high, training is not working')`
 
 
@@ -37,12 +40,13 @@ class RACESettings:
     """RACE hyper-parameters; defaults are the reference's (docs/unlearn.md gives each source)."""
 
     esd: ESDSettings = field(default_factory=ESDSettings)  # the ESD stage, and the training knobs of both stages
-    iterations: int = 1000          # adversarial fine-tuning iterations
-    epsilon: float = 0.1            # L∞ radius of the embedding perturbation
-    pgd_steps: int = 10             # PGD steps per iteration
-    alpha: float | None = None      # PGD step size; None: epsilon / 4
-    adv_loss: str = "l2"            # the attack's denoising loss: l2 (MSE) or l1
-    lasso: float = 0.0              # λ of the L1 pull towards the starting (ESD) weights; the reference's --lasso: 0.1
+    iterations: int = 1000          # adversarial fine-tuning iterations (the --iterations flag of `unlearn race`)
+    epsilon: float = option(0.1, "L∞ radius of the embedding perturbation")
+    pgd_steps: int = option(10, "PGD steps per iteration")
+    alpha: float | None = option(None, "PGD step size", flag="pgd-alpha", default="epsilon/4")
+    adv_loss: AdvLoss = option("l2", "the attack's denoising loss")   # l2 (MSE) or l1
+    lasso: float = option(0.0, f"add λ·L1(θ, θ_ESD) to the loss (the reference's --lasso: λ {LASSO:g})",
+                          const=LASSO, metavar="LAMBDA")   # λ of the L1 pull towards the starting (ESD) weights
 
     @property
     def step_size(self) -> float:

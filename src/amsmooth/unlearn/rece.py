@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..config import option
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 from .esd import check_texts
@@ -37,11 +38,12 @@ class RECESettings:
     """RECE hyper-parameters; defaults are the reference's nudity run (docs/unlearn.md gives each source)."""
 
     uce: UCESettings = field(default_factory=UCESettings)  # the first stage (UCE's own reference defaults)
-    epochs: int = 5                  # adversarial rounds (scripts/nudity.sh; train.py's argparse default is 10)
-    lamb: float = 0.1                # λ of each adversarial edit
-    erase_scale: float = 1.0         # s_e of each adversarial edit
-    preserve_scale: float = 0.1      # s_p of each adversarial edit
-    regular_scale: float = 0.1       # ρ of the adversarial embedding (close_regzero)
+    epochs: int = option(5, "adversarial rounds after UCE")   # scripts/nudity.sh; train.py's argparse default: 10
+    lamb: float = option(0.1, "λ of each round's edit", flag="rece-lamb")
+    erase_scale: float = option(1.0, "weight of the adversarial embeddings, s_e", flag="rece-erase-scale")
+    preserve_scale: float = option(0.1, "weight of the preserved texts in each round, s_p",
+                                   flag="rece-preserve-scale")
+    regular_scale: float = option(0.1, "ρ, regulariser of the adversarial embedding")   # close_regzero
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

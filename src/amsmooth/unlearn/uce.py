@@ -23,25 +23,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
+from ..config import option
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
 from .esd import check_texts
 
-TECHNIQUES = ("replace", "tensor")
+Technique = Literal["replace", "tensor"]
+TECHNIQUES: tuple[str, ...] = get_args(Technique)
 
 
 @dataclass(frozen=True)
 class UCESettings:
     """UCE hyper-parameters. Defaults are the reference script's (docs/unlearn.md gives the source of each)."""
 
-    lamb: float = 0.5
-    erase_scale: float = 1.0
-    preserve_scale: float | None = None   # None: max(0.1, 1 / number of preserved texts, the empty prompt included)
-    technique: str = "replace"
+    lamb: float = option(0.5, "regularisation λ towards the original weights")
+    erase_scale: float = option(1.0, "weight of the erase terms")
+    preserve_scale: float | None = option(None, "weight of the preserve terms",
+                                          default="max(0.1, 1/number of preserved texts, the empty prompt included)")
+    technique: Technique = option("replace", "the edit's targets")
     with_to_k: bool = True
 
     def to_dict(self) -> dict[str, Any]:
