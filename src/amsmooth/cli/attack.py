@@ -128,10 +128,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _flag(dest: str) -> str:
-    return attack_flags()[dest].name
-
-
 def attack_config(args: argparse.Namespace, cls: type):  # noqa: ANN201 - the attack's config dataclass
     """The attack's config: reference defaults (or the quick budget), then the given flags; flags of another
     attack are refused."""
