@@ -39,6 +39,7 @@ def test_concept_score_is_a_benign_z_score_of_the_pooled_projection():
     assert bench.benign_cosine(h, h).tolist() == pytest.approx([1.0, 1.0])
 
 
+@pytest.mark.slow   # 73 s: the robustness benchmark end to end on MiniLM
 @pytest.mark.skipif(not (DATA / "utility" / "coco_10k.csv").is_file(), reason="datasets folder not available")
 def test_benchmark_runs_end_to_end_on_minilm(minilm, tmp_path, capsys):
     bench = _bench()

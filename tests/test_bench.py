@@ -1,6 +1,8 @@
 """The overhead benchmark's arithmetic and its CLI on a tiny size (timings themselves are not asserted)."""
 from __future__ import annotations
 
+import pytest
+
 from amsmooth_experiments.bench import Report, format_report, project
 
 
@@ -54,6 +56,7 @@ def test_profile_shows_the_text_stage_ops():
         assert op in table
 
 
+@pytest.mark.slow   # 138 s: the real benchmark on the lab; batch identity itself: tests/test_batching.py
 def test_batching_benchmark_reports_speedup_and_identity(capsys):
     from amsmooth.cli.main import main
 

@@ -184,6 +184,19 @@ def test_help_and_a_bad_command_answer_without_importing_torch() -> None:
             assert done.stderr.startswith("amsmooth: error: ") and len(done.stderr.splitlines()) == 1
 
 
+def test_attack_help_builds_its_flags_from_the_configs_without_loading_diffusers() -> None:
+    """`amsmooth attack --help` reads the attack config dataclasses (torch is imported with them) but not the
+    pipelines: diffusers and transformers load only when an attack runs (13 s → 3.4 s on this machine)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom amsmooth.cli.main import main\n"
+             "try:\n    main(['attack', '--help'])\nexcept SystemExit:\n    pass\n"
+             "print('HEAVY', sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "--population" in done.stdout and done.stdout.strip().splitlines()[-1] == "HEAVY []", done.stderr
+
+
 def test_the_help_table_matches_each_commands_own_parser() -> None:
     """`amsmooth --help` lists COMMANDS without importing them; each command's parser gives the same help line."""
     import argparse

@@ -17,6 +17,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import AmsmoothError
 from .io import name_problem
@@ -228,3 +229,27 @@ def read_prompts_file(path: str | Path) -> list[PromptCase]:
     if not prompts:
         raise AmsmoothError(f"{path}: no prompts (the file is empty)")
     return [PromptCase(str(i), p) for i, p in enumerate(prompts)]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How every case is generated; the case's own seed and guidance win over the defaults."""
+
+    images_per_prompt: int = 1
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str | None = None
+
+    def seed_of(self, case: PromptCase) -> int:
+        return self.seed if case.seed is None else case.seed
+
+    def guidance_of(self, case: PromptCase) -> float:
+        return self.guidance if case.guidance is None else case.guidance
+
+    def kwargs(self, case: PromptCase) -> dict[str, Any]:
+        """Pipeline arguments of one case."""
+        return {"num_inference_steps": self.steps, "height": self.height, "width": self.width,
+                "negative_prompt": self.negative_prompt, "guidance_scale": self.guidance_of(case)}

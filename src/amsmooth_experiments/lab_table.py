@@ -40,12 +40,11 @@ from amsmooth.baselines.safree import SafreeConfig
 from amsmooth.config import DEFAULT_PRESETS, SmoothingConfig, preset
 from amsmooth.errors import AmsmoothError
 from amsmooth.eval.defenses import DefenseSpec
-from amsmooth.eval.runner import GenerationSettings
 from amsmooth.eval.session import DetectorSpec, ModelSource, RunRequest, evaluate
 from amsmooth.lab.prompt_sets import prompt_set, write_csv
 from amsmooth.lab.report import benign_accuracy, run_rows, write_report
 from amsmooth.lab.world import COLOURS
-from amsmooth.prompts import read_prompts_file
+from amsmooth.prompts import GenerationSettings, read_prompts_file
 from amsmooth.unlearn.erase import UnlearnRequest, unlearn
 from amsmooth.unlearn.esd import ESDSettings
 from amsmooth.unlearn.uce import UCESettings

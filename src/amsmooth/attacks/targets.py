@@ -14,8 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import AmsmoothError
-from ..eval.runner import GenerationSettings  # the data contract's seed and guidance, as `amsmooth eval`
-from ..prompts import PromptCase
+from ..prompts import GenerationSettings, PromptCase  # the data contract's seed and guidance, as `amsmooth eval`
 
 
 def check_target_folder(folder: str | Path, cases: Sequence[PromptCase]) -> None:

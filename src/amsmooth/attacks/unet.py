@@ -20,10 +20,7 @@ from ..concepts import Concept
 from ..config import option
 from ..encoders import TextEncoder
 from ..errors import AmsmoothError
-from ..eval.runner import GenerationSettings
-from ..models.load import load_pipeline
-from ..models.weights import load_unet_weights
-from ..prompts import PromptCase
+from ..prompts import GenerationSettings, PromptCase
 from ..smoothing import AdaptiveMedianSmoothing
 from .base import SearchConfig, TextAttack
 from .denoising import DenoisingObjective, Reference
@@ -90,6 +87,9 @@ class DiffusionModels:
              device: str | torch.device = "cpu") -> DiffusionModels:
         """Load ``model`` (id, folder or "tiny") and the unlearned U-Net at ``unet`` as ``amsmooth generate`` does;
         the original U-Net is kept as a second module only when ``keep_original``."""
+        from ..models.load import load_pipeline  # lazy: the attack configs (`attack --help`) without diffusers
+        from ..models.weights import load_unet_weights
+
         source = {"model": model, "unet": unet}
         if unet is None:
             return cls.of(load_pipeline(model, device=device), source=source)

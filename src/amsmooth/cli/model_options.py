@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..eval.runner import GenerationSettings
 from ..eval.session import DTYPES, ModelSource, check_generation
 from ..limits import STRENGTH
+from ..prompts import GenerationSettings
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline

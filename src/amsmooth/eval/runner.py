@@ -20,7 +20,7 @@ import torch
 
 from ..errors import AmsmoothError
 from ..io import atomic_save_image, inside
-from ..prompts import PromptCase, read_prompts_file
+from ..prompts import GenerationSettings, PromptCase, read_prompts_file
 from .defenses import Defense
 from .store import ImageResult, ResultStore
 
@@ -112,30 +112,6 @@ def process_shard(device: torch.device) -> tuple[Shard, torch.device]:
 
 
 # -- generation ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How every case is generated; the case's own seed and guidance win over the defaults."""
-
-    images_per_prompt: int = 1
-    steps: int = 50
-    guidance: float = 7.5
-    seed: int = 0
-    height: int | None = None
-    width: int | None = None
-    negative_prompt: str | None = None
-
-    def seed_of(self, case: PromptCase) -> int:
-        return self.seed if case.seed is None else case.seed
-
-    def guidance_of(self, case: PromptCase) -> float:
-        return self.guidance if case.guidance is None else case.guidance
-
-    def kwargs(self, case: PromptCase) -> dict[str, Any]:
-        """Pipeline arguments of one case."""
-        return {"num_inference_steps": self.steps, "height": self.height, "width": self.width,
-                "negative_prompt": self.negative_prompt, "guidance_scale": self.guidance_of(case)}
 
 
 @dataclass
