@@ -198,3 +198,21 @@ def test_each_attack_of_the_table_is_the_attack_command_with_the_same_settings(t
     argv = ["attack", kind.removesuffix("-adaptive"), "--prompts", "p.csv", "--out", "o.csv", "--concept", "nudity",
             "--budget", "quick", *flags]
     assert table.attack_request(kind, "U", {"sigma0": 1.0, "k": 9.0}) == attack_request(_cli_args(argv))
+
+
+def test_a_step_killed_by_sigterm_still_adds_its_seconds(tmp_path) -> None:
+    """`timeout` ends a table piece with SIGTERM; the interrupted step's wall seconds still reach timing.json."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time\nfrom pathlib import Path\nfrom amsmooth_experiments.lab_table import Plan, Table\n"
+            "t = Table(Path(sys.argv[1]), Plan())\nwith t.timed('step'):\n    print('in', flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "in"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert json.loads((tmp_path / "timing.json").read_text())["step"] >= 1.0

@@ -24,6 +24,8 @@ Each step's wall seconds, summed over resumed invocations, go to ``OUT/timing.js
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -342,7 +344,9 @@ class Table:
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:
         """Add the wall seconds spent in ``step`` to ``OUT/timing.json`` (summed over resumed invocations; an
-        interrupted step's seconds count too, as its finished work is kept)."""
+        interrupted step's seconds count too, as its finished work is kept). SIGTERM (``timeout``, a scheduler)
+        ends the process through Python's exit, so the interrupted step's seconds are written as well."""
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _main_thread() else None
         t0 = time.perf_counter()
         try:
             yield
@@ -350,6 +354,8 @@ class Table:
             done = self._timing()
             done[step] = round(done.get(step, 0.0) + time.perf_counter() - t0, 1)
             (self.out / "timing.json").write_text(json.dumps(done, indent=2))
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def _timing(self) -> dict[str, float]:
         f = self.out / "timing.json"
@@ -427,6 +433,15 @@ LAB_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                "rab-adaptive": {"population": 32, "iterations": 100},
                "mma": {"iterations": 100, "candidates": 128, "topk": 128}, "concept-pgd": {"iterations": 100}},
 }
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM as ``SystemExit(143)``: ``finally`` blocks run (the default action kills without them)."""
+    raise SystemExit(128 + signum)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _setting(trial: dict) -> dict:
