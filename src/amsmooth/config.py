@@ -117,6 +117,11 @@ PRESETS: dict[str, SmoothingConfig] = {
 DEFAULT_PRESETS = {"lab": "lab-nudity"}
 
 
+def default_preset(*sources: str | None) -> str | None:
+    """The preset of the first model or encoder source that has one (``lab`` → ``lab-nudity``), else None."""
+    return next((DEFAULT_PRESETS[s] for s in sources if isinstance(s, str) and s in DEFAULT_PRESETS), None)
+
+
 def preset(name: str) -> SmoothingConfig:
     """The named preset; unknown names list the known ones."""
     try:

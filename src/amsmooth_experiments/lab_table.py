@@ -39,7 +39,7 @@ from amsmooth.attacks import UNET_ATTACKS, attack_class
 from amsmooth.attacks.build import AttackRequest, build_attack
 from amsmooth.attacks.campaign import attack_cases
 from amsmooth.baselines.safree import SafreeConfig
-from amsmooth.config import DEFAULT_PRESETS, SmoothingConfig, preset
+from amsmooth.config import SmoothingConfig, default_preset, preset
 from amsmooth.errors import AmsmoothError
 from amsmooth.eval.defenses import DefenseSpec
 from amsmooth.eval.session import DetectorSpec, ModelSource, RunRequest, evaluate
@@ -273,7 +273,8 @@ class Table:
 
     def _ams(self, **changes: Any) -> SmoothingConfig:
         """AMS's config on the lab: the model's preset (``lab-nudity``) with ``changes``, on the table's concept."""
-        base = preset(DEFAULT_PRESETS[self.model]) if self.model in DEFAULT_PRESETS else SmoothingConfig()
+        name = default_preset(self.model)
+        base = preset(name) if name else SmoothingConfig()
         return base.replace(concepts=(CONCEPT,), **changes)
 
     def _defense(self, arm: str, setting: dict) -> DefenseSpec:

@@ -5,7 +5,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import Field, fields
 
-from ..config import DEFAULT_PRESETS, PRESETS, SmoothingConfig, preset
+from ..config import PRESETS, SmoothingConfig, default_preset, preset
 from ..errors import AmsmoothError
 from ..prompts import PromptCase, check_prompt, read_prompts_file
 
@@ -58,7 +58,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, with_n: bool = True) -> None:
 
 def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
     """Preset (if any), then explicit flags; flags map one-to-one onto SmoothingConfig fields."""
-    name = getattr(args, "preset", None) or default_preset(args)
+    name = getattr(args, "preset", None) or default_preset(getattr(args, "model", None),
+                                                            getattr(args, "encoder", None))
     base = preset(name) if name else SmoothingConfig()
     changes = {f.name: getattr(args, f.name) for f in smoothing_fields() if getattr(args, f.name, None) is not None}
     concepts = getattr(args, "concept", None)
@@ -67,14 +68,6 @@ def smoothing_config(args: argparse.Namespace) -> SmoothingConfig:
     elif not base.concepts:
         changes["concepts"] = ("nudity",)
     return base.replace(**changes)
-
-
-def default_preset(args: argparse.Namespace) -> str | None:
-    """The preset of the model or encoder source (``--model lab`` → ``lab-nudity``), if it has one."""
-    for source in (getattr(args, "model", None), getattr(args, "encoder", None)):
-        if isinstance(source, str) and source in DEFAULT_PRESETS:
-            return DEFAULT_PRESETS[source]
-    return None
 
 
 def smoothing_flags_text(extra: tuple[str, ...] = ()) -> str:
