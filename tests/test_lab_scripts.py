@@ -26,22 +26,45 @@ def _script(*argv: str) -> str:
     return done.stdout
 
 
-def test_paired_differences_per_prompt_and_pooled(tmp_path):
+def _paired(capsys, *argv: str) -> str:
+    """scripts/lab_paired.py's output, run in this process (its imports cost ~10 s in a fresh one)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lab_paired", ROOT / "scripts" / "lab_paired.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    module.main(list(argv))
+    return capsys.readouterr().out
+
+
+def test_paired_differences_per_prompt_and_pooled(tmp_path, capsys):
     (tmp_path / "plan.json").write_text(json.dumps({"sets": ["train", "benign"], "attacks": ["uda"],
                                                           "defenses": ["none", "blacklist", "ams"]}))
     # 2 prompts × 2 seeds per set; AMS removes both flagged images of prompt 0 of uda
     _run(tmp_path / "runs" / "esd-none", {"train": [0, 0, 0, 0], "uda": [1, 1, 0, 1], "benign": [0, 0, 0, 0]})
     _run(tmp_path / "runs" / "esd-ams", {"train": [0, 0, 0, 0], "uda": [0, 0, 0, 1], "benign": [0, 0, 0, 0]})
-    out = _script(str(ROOT / "scripts" / "lab_paired.py"), str(tmp_path), "--models", "esd")
+    out = _paired(capsys, str(tmp_path), "--models", "esd")
     uda = next(line for line in out.splitlines() if " uda " in line)
     assert "prompts   2" in uda and "ams − none: -50" in uda
     assert "blacklist" not in out                     # runs that are not there are skipped
     # a replicate with the same prompts at other image seeds is pooled per prompt
     _run(tmp_path / "rep" / "esd-none", {"uda": [0, 0, 0, 0]})
     _run(tmp_path / "rep" / "esd-ams", {"uda": [0, 0, 0, 0]})
-    out = _script(str(ROOT / "scripts" / "lab_paired.py"), str(tmp_path), "--models", "esd",
-                  "--replicate", str(tmp_path / "rep"))
+    out = _paired(capsys, str(tmp_path), "--models", "esd", "--replicate", str(tmp_path / "rep"))
     assert "ams − none: -25" in next(line for line in out.splitlines() if " uda " in line)
+
+
+def test_cross_compares_runs_of_two_tables(tmp_path, capsys):
+    """`--cross A B`: A − B per set over the prompts both runs have (here another table's run)."""
+    (tmp_path / "plan.json").write_text(json.dumps({"sets": ["train"], "attacks": ["uda"], "defenses": ["none"]}))
+    _run(tmp_path / "runs" / "esd-none", {"uda": [1, 1, 0, 1]})
+    _run(tmp_path / "runs" / "esd-ams", {"uda": [0, 0, 0, 1]})
+    _run(tmp_path / "rivals" / "runs" / "race-none", {"uda": [1, 1, 1, 1, 1, 1]})    # a third prompt: unpaired
+    out = _paired(capsys, str(tmp_path), "--models", "esd", "--cross", str(tmp_path / "runs" / "esd-ams"),
+                  str(tmp_path / "rivals" / "runs" / "race-none"))
+    line = next(x for x in out.splitlines() if x.startswith("esd-ams − race-none uda "))
+    assert "prompts   2  a − b: -75" in line, line
 
 
 def test_reseed_shifts_only_the_image_seeds(tmp_path):

@@ -216,3 +216,32 @@ def test_a_step_killed_by_sigterm_still_adds_its_seconds(tmp_path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert json.loads((tmp_path / "timing.json").read_text())["step"] >= 1.0
+
+
+@pytest.mark.parametrize("name", ["esd", "uce", "race", "rece"])
+def test_each_erasure_of_the_table_is_the_unlearn_command_with_the_same_settings(tmp_path, name) -> None:
+    """The table's erased models (v3's ESD and UCE, the rivals' RACE and RECE) are what `amsmooth unlearn` makes
+    with the flags docs/lab.md gives."""
+    from amsmooth.cli.unlearn import unlearn_request
+    from amsmooth_experiments.lab_table import Plan, Table
+
+    table, out = Table(tmp_path, Plan.rivals()), tmp_path / f"{name}.safetensors"
+    esd = ["--method", "x", "--lr", "0.001", "--ddim-steps", "20"]
+    (tmp_path / "preserve.txt").write_text("\n".join(table.plan.uce_preserve))
+    flags = {"esd": ["--erase", "naked", "--erase", "nude", "--iterations", "150", *esd],
+             "race": ["--erase", "naked", "--erase", "nude", "--esd-iterations", "150", "--iterations", "150", *esd],
+             "uce": ["--erase", "nudity", "--erase", "naked", "--erase", "nude", "--preserve-file",
+                     str(tmp_path / "preserve.txt")]}
+    flags["rece"] = flags["uce"]
+    argv = ["unlearn", name, "--model", "lab", "--out", str(out), "--no-progress", *flags[name]]
+    assert table.erasure(name, out) == unlearn_request(_cli_args(argv))
+
+
+def test_the_table_refuses_an_unknown_model(tmp_path) -> None:
+    from dataclasses import replace
+
+    from amsmooth_experiments.lab_table import Plan, Table
+
+    with pytest.raises(AmsmoothError, match="unknown erased model.*esd, uce, race, rece"):
+        Table(tmp_path, replace(Plan(), models=("esd", "salun")))
+    assert not (tmp_path / "plan.json").exists()

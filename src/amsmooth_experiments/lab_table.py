@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,15 @@ from amsmooth.lab.world import COLOURS
 from amsmooth.prompts import GenerationSettings, read_prompts_file
 from amsmooth.unlearn.erase import UnlearnRequest, unlearn
 from amsmooth.unlearn.esd import ESDSettings
+from amsmooth.unlearn.race import RACESettings
+from amsmooth.unlearn.rece import RECESettings
 from amsmooth.unlearn.uce import UCESettings
 
 CONCEPT = "nudity"
+# The lab's ESD (docs/lab.md): ESD-x (cross-attention) at lr 1e-3, 150 iterations — the reference's 1000 scaled
+# to the 2 M-parameter model; ESD-u wrecked its benign accuracy at every lr tried.
+LAB_ESD = ESDSettings(method="x", iterations=150, lr=1e-3, ddim_steps=20)
+MODELS = ("esd", "uce", "race", "rece")
 
 
 def preserved_vocabulary() -> list[str]:
@@ -111,10 +117,18 @@ class Plan:
     # ESD-u, the paper's choice for nudity, wrecked this 2 M-parameter model's benign accuracy at every lr tried.
     # UCE erases the three words and preserves the world's vocabulary (subjects, colours, scenes).
     esd_erase: tuple[str, ...] = ("naked", "nude")
-    esd: ESDSettings = ESDSettings(method="x", iterations=150, lr=1e-3, ddim_steps=20)
+    esd: ESDSettings = LAB_ESD
     uce_erase: tuple[str, ...] = ("nudity", "naked", "nude")
     uce: UCESettings = UCESettings()
     uce_preserve: tuple[str, ...] = tuple(preserved_vocabulary())
+    # The rivals' rows (issue 26), when `models` names them: RACE starts from the table's ESD (its ESD stage is
+    # `esd` above, same seed; the reference starts from a pretrained ESD checkpoint), shares its training knobs
+    # (the reference shares lr, method and guidance between the stages), and its iterations are scaled as ESD's
+    # were (1000 → 150); its PGD (ε 0.1, 10 steps of ε/4, l2) is the reference's. RECE: the table's UCE (same
+    # texts, same preserved vocabulary) followed by the reference's nudity rounds (5 epochs, λ 0.1, s_e 1,
+    # s_p 0.1, ρ 0.1).
+    race: RACESettings = RACESettings(esd=LAB_ESD, iterations=150)
+    rece: RECESettings = RECESettings()
     label: str = "v3"
 
     @classmethod
@@ -128,6 +142,14 @@ class Plan:
                    defenses=("none", "blacklist", "ams", "ams-equal", "ams-oracle", "ams-subspace", "safree"),
                    attack_budget="lab", safree_svf_grid=("on",), subspace_sigma0_grid=(0.5,), subspace_k_grid=(20.0,),
                    label="quick")
+
+    @classmethod
+    def rivals(cls) -> Plan:
+        """Issue 26's rows, pre-registered in docs/lab/v3-rivals/plan.json: the RACE and RECE erasures of the lab
+        model, with the v3 table's prompts, seeds, attacks and calibration rules; arms none, blacklist, AMS
+        (calibrated on each model's calibration split) and SAFREE. Compared with v3's ESD + AMS and UCE + AMS
+        by ``scripts/lab_paired.py --against``."""
+        return cls(models=("race", "rece"), defenses=("none", "blacklist", "ams", "safree"), label="v3-rivals")
 
 
 @dataclass
@@ -143,6 +165,8 @@ class Table:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise AmsmoothError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if unknown := [m for m in self.plan.models if m not in MODELS]:
+            raise AmsmoothError(f"unknown erased model(s) {', '.join(unknown)}; the table knows: {', '.join(MODELS)}")
         if any(a.endswith("-adaptive") for a in self.plan.calibration_attacks):
             raise AmsmoothError("calibration attacks cannot be adaptive: AMS's settings are not chosen yet")
         if self.plan.attack_prompts > self.plan.prompts:
@@ -165,14 +189,22 @@ class Table:
         path = self.out / "models" / f"{name}.safetensors"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            p = self.plan
-            request = (UnlearnRequest("esd", self.model, p.esd_erase, p.esd, path, progress=False) if name == "esd"
-                       else UnlearnRequest("uce", self.model, p.uce_erase, p.uce, path, preserve=p.uce_preserve,
-                                           progress=False))
-            info = unlearn(request)
+            info = unlearn(request := self.erasure(name, path))
             print(f"wrote {path}: {name.upper()} erasing {list(request.erase)}, {info['changed_tensors']} tensors "
                   f"changed, {info['timings']['unlearn_s']:.1f} s", flush=True)
         return path
+
+    def erasure(self, name: str, path: Path) -> UnlearnRequest:
+        """The request that makes erased model ``name`` (esd, uce, race, rece) at ``path``."""
+        p = self.plan
+        if name in ("esd", "race"):
+            return UnlearnRequest(name, self.model, p.esd_erase, p.race if name == "race" else p.esd, path,
+                                  progress=False)
+        if name in ("uce", "rece"):
+            settings = replace(p.rece, uce=p.uce) if name == "rece" else p.uce
+            return UnlearnRequest(name, self.model, p.uce_erase, settings, path, preserve=p.uce_preserve,
+                                  progress=False)
+        raise AmsmoothError(f"unknown erased model {name!r}; the table knows: {', '.join(MODELS)}")
 
     # ------------------------------------------------------------------ 2. prompt sets
     def prompts(self) -> dict[str, Path]:

@@ -57,16 +57,21 @@ def register_more(lab: argparse._SubParsersAction) -> None:
     t = lab.add_parser("table", help="the lab's Table 1: erase (ESD, UCE), attack, defend, detect; ASR with "
                                      "95 %% intervals, utility, time (resumable)")
     t.add_argument("--out", required=True, metavar="DIR")
-    t.add_argument("--quick", action="store_true",
-                   help="every arm on a few prompts (17.6 min beside another job, ~11 min of 2 cores' CPU; the v3 "
-                        "full table is not timed yet, v2's took 1 h 49 min)")
-    from amsmooth_experiments.lab_table import Plan
+    which = t.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true",
+                       help="every arm on a few prompts (17.6 min beside another job, ~11 min of 2 cores' CPU; the "
+                            "v3 full table is not timed yet, v2's took 1 h 49 min)")
+    which.add_argument("--rivals", action="store_true",
+                       help="issue 26's rows: the RACE and RECE erasures with none, blacklist, AMS and SAFREE, v3's "
+                            "prompts and rules (docs/lab/v3-rivals/plan.json)")
+    from amsmooth_experiments.lab_table import MODELS, Plan
 
     def plan(field: str) -> str:           # the defaults are the Plan's, written once there
         show = [" ".join(map(str, v)) if isinstance(v, tuple) else str(v)
                 for v in (getattr(Plan(), field), getattr(Plan.quick(), field))]
         return f"full: {show[0]}; quick: {show[1]}"
 
+    t.add_argument("--models", nargs="+", choices=MODELS, help=f"erased models ({plan('models')})")
     t.add_argument("--prompts", type=int, help=f"distinct prompts per set ({plan('prompts')})")
     t.add_argument("--attack-prompts", type=int, help=f"source prompts per attack and seed ({plan('attack_prompts')})")
     t.add_argument("--seeds", type=int, nargs="+", help=f"image seeds of the concept sets ({plan('seeds')})")
@@ -120,9 +125,9 @@ def run_table(args: argparse.Namespace) -> int:
 
     from amsmooth_experiments.lab_table import Plan, Table
 
-    plan = Plan.quick() if args.quick else Plan()
-    changes = {k: (tuple(v) if isinstance(v, list) else v) for k in ("prompts", "attack_prompts", "seeds", "sets",
-                                                                      "attacks", "defenses")
+    plan = Plan.quick() if args.quick else Plan.rivals() if args.rivals else Plan()
+    changes = {k: (tuple(v) if isinstance(v, list) else v) for k in ("models", "prompts", "attack_prompts", "seeds",
+                                                                      "sets", "attacks", "defenses")
                if (v := getattr(args, k)) is not None}
     if changes:
         plan = replace(plan, label=f"{plan.label}+custom", **changes)

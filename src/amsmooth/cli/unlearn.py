@@ -201,22 +201,29 @@ def method_settings(args: argparse.Namespace):  # noqa: ANN201 - the method's se
         args.method_name](args)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..unlearn.erase import UnlearnRequest, unlearn
+def unlearn_request(args: argparse.Namespace):  # noqa: ANN201 - unlearn.erase.UnlearnRequest
+    """The typed request the flags describe (checked flags, texts and settings; nothing loaded)."""
+    from ..unlearn.erase import UnlearnRequest
 
     _check_flags(args)
     erase = erase_texts(args)
     settings = method_settings(args)
     uce_like = args.method_name in ("uce", "rece")
-    request = UnlearnRequest(
+    return UnlearnRequest(
         args.method_name, args.model, tuple(erase), settings, Path(args.out), unet=args.unet,
         guide=tuple(args.guide) if uce_like and args.guide else None,
         preserve=tuple(preserve_texts(args)) if uce_like else (),      # a bad --preserve-file fails before loading
         pretrained_esd=getattr(args, "pretrained_esd", None), seed=args.seed, device=args.device,
         concept=args.concept if not args.erase else None, budget=args.budget or "reference",
         overwrite=args.overwrite, progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..unlearn.erase import unlearn
+
+    request = unlearn_request(args)
     info = unlearn(request)
     out = request.out
-    print(f"wrote {out} (+ {out.with_suffix('.json').name}): {args.method_name.upper()} erasing {erase}, "
-          f"{info['changed_tensors']} tensors changed, {info['timings']['unlearn_s']:.1f} s")
+    print(f"wrote {out} (+ {out.with_suffix('.json').name}): {args.method_name.upper()} erasing "
+          f"{list(request.erase)}, {info['changed_tensors']} tensors changed, {info['timings']['unlearn_s']:.1f} s")
     return 0
