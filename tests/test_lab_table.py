@@ -245,3 +245,14 @@ def test_the_table_refuses_an_unknown_model(tmp_path) -> None:
     with pytest.raises(AmsmoothError, match="unknown erased model.*esd, uce, race, rece"):
         Table(tmp_path, replace(Plan(), models=("esd", "salun")))
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_paired_comparison_tells_no_factor_without_a_flagged_image() -> None:
+    """Both arms at 0 everywhere: the difference is 0 but no reduction factor is excluded or claimed."""
+    from amsmooth.lab.report import paired
+
+    zeros = {("uda", str(i)): 0.0 for i in range(5)}
+    r = paired(zeros, dict(zeros))
+    assert r["diff"] == 0.0 and r["factor"] is None and r["excludes"] == {"1.6": None, "3.7": None}
+    quarter = paired({k: 0.2 for k in zeros}, {k: 0.8 for k in zeros})      # ams 20 %, none 80 %: factor 4
+    assert quarter["factor"] == pytest.approx(4.0) and quarter["excludes"] == {"1.6": True, "3.7": True}

@@ -133,8 +133,8 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        """Every arm on a few prompts (measured 17.6 min wall beside another job, 1,305 s of CPU: over the 10-min
-        target; the oracle arm costs most)."""
+        """Every arm on a few prompts (measured 2026-12-07: 6 min 29 s wall, 640 s of CPU, beside the deprioritised
+        v3 table; the ESD erasure 122 s and the calibration 120 s are most of it)."""
         return cls(prompts=3, attack_prompts=2, calibration_prompts=3, calibration_benign_prompts=6,
                    calibration_seeds=(0,), seeds=(0,), image_seeds=(0,), steps=20, sets=("train", "heldout", "benign"),
                    attacks=("rab",), calibration_attacks=("uda",), sigma0_grid=(0.5,), k_grid=(9.0,),

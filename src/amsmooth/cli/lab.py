@@ -59,8 +59,8 @@ def register_more(lab: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, metavar="DIR")
     which = t.add_mutually_exclusive_group()
     which.add_argument("--quick", action="store_true",
-                       help="every arm on a few prompts (17.6 min beside another job, ~11 min of 2 cores' CPU; the "
-                            "v3 full table is not timed yet, v2's took 1 h 49 min)")
+                       help="every arm on a few prompts (6.5 min, 640 s of CPU, beside the deprioritised v3 "
+                            "table; the v3 full table is not timed yet, v2's took 1 h 49 min)")
     which.add_argument("--rivals", action="store_true",
                        help="issue 26's rows: the RACE and RECE erasures with none, blacklist, AMS and SAFREE, v3's "
                             "prompts and rules (docs/lab/v3-rivals/plan.json)")

@@ -86,9 +86,12 @@ def paired(a: dict[tuple[str, str], float], b: dict[tuple[str, str], float], see
         factor = float(np.nan_to_num(y.mean() / x.mean(), nan=1.0, posinf=1e9))          # b > 0 = a: "∞"
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     flo, fhi = np.percentile(factors, [2.5, 97.5])
-    return {"prompts": len(keys), "diff": float((x - y).mean()), "low": float(lo), "high": float(hi),
-            "half_width": float((hi - lo) / 2), "factor": factor, "factor_low": float(flo), "factor_high": float(fhi),
-            "excludes": {str(f): not (flo <= f <= fhi) for f in FACTORS}}
+    out = {"prompts": len(keys), "diff": float((x - y).mean()), "low": float(lo), "high": float(hi),
+           "half_width": float((hi - lo) / 2), "factor": factor, "factor_low": float(flo), "factor_high": float(fhi),
+           "excludes": {str(f): not (flo <= f <= fhi) for f in FACTORS}}
+    if not (x.any() or y.any()):        # no flagged image in either arm: the data cannot tell any factor
+        out.update(factor=None, factor_low=None, factor_high=None, excludes={str(f): None for f in FACTORS})
+    return out
 
 
 def paired_section(results: dict[tuple[str, str], Path], attacks: Sequence[str]) -> tuple[list[dict], str]:
@@ -107,10 +110,19 @@ def paired_section(results: dict[tuple[str, str], Path], attacks: Sequence[str])
                     continue
                 rows.append({"model": model, "a": a, "b": b, "sets": name, **r})
                 lines.append(f"| {model} | {a} − {b} | {name} | {r['prompts']} | {r['diff']:+.1f} [{r['low']:+.1f}, "
-                             f"{r['high']:+.1f}] | {r['half_width']:.1f} | {r['factor']:.2f} [{r['factor_low']:.2f}, "
-                             f"{r['factor_high']:.2f}] | {'yes' if r['excludes']['1.6'] else 'no'} | "
-                             f"{'yes' if r['excludes']['3.7'] else 'no'} |")
+                             f"{r['high']:+.1f}] | {r['half_width']:.1f} | {_factor(r)} | "
+                             f"{_yes(r['excludes']['1.6'])} | {_yes(r['excludes']['3.7'])} |")
     return rows, "\n".join(lines) + "\n"
+
+
+def _factor(r: dict[str, Any]) -> str:
+    if r["factor"] is None:
+        return "n/a (no flagged image in either)"
+    return f"{r['factor']:.2f} [{r['factor_low']:.2f}, {r['factor_high']:.2f}]"
+
+
+def _yes(excludes: bool | None) -> str:
+    return "—" if excludes is None else "yes" if excludes else "no"
 
 
 def relevance_section(rows: dict[str, list[dict]]) -> str:
