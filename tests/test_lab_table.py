@@ -256,3 +256,14 @@ def test_paired_comparison_tells_no_factor_without_a_flagged_image() -> None:
     assert r["diff"] == 0.0 and r["factor"] is None and r["excludes"] == {"1.6": None, "3.7": None}
     quarter = paired({k: 0.2 for k in zeros}, {k: 0.8 for k in zeros})      # ams 20 %, none 80 %: factor 4
     assert quarter["factor"] == pytest.approx(4.0) and quarter["excludes"] == {"1.6": True, "3.7": True}
+
+
+def test_table_plot_draws_every_model_and_shared_points(tmp_path) -> None:
+    from PIL import Image
+
+    from amsmooth.lab.report import plot
+
+    rows = [{"model": m, "defense": d, "benign_accuracy": 0.9, "avg": 10.0 if d == "none" else 0.0}
+            for m in ("esd", "uce", "race", "rece") for d in ("none", "ams")]
+    plot({"rows": rows}, tmp_path / "t.png")
+    assert Image.open(tmp_path / "t.png").size == (840, 540)

@@ -200,14 +200,19 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     points: dict[tuple[float, float], list[str]] = {}          # rows that land on one point share one label
+    markers = dict(zip(("esd", "uce", "race", "rece"), "os^D", strict=True))
     for r in summary["rows"]:
         xy = (round(100 * r["benign_accuracy"], 1), round(r["avg"], 1))
         points.setdefault(xy, []).append(f"{r['model']}/{r['defense']}")
-        ax.scatter(*xy, marker="o" if r["model"] == "esd" else "s")
-    for xy, names in points.items():
-        ax.annotate(", ".join(names), xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.scatter(*xy, marker=markers.get(r["model"], "x"), alpha=0.8)
+    for xy, names in points.items():                           # one name a line: a shared point stays readable
+        ax.annotate("\n".join(names), xy, fontsize=6, xytext=(4, 2), textcoords="offset points", va="bottom")
+    xs, ys = [x for x, _ in points] or [100.0], [y for _, y in points] or [0.0]
+    ax.set_xlim(min(xs) - 5, min(max(xs) + 12, 112))           # room on the right for the labels
+    ax.set_ylim(-2, max(ys) + 8)
+    ax.set_xticks([t for t in ax.get_xticks() if min(xs) - 5 <= t <= 100])   # no accuracy above 100 %
     ax.set_xlabel("benign attribute accuracy (%)")
     ax.set_ylabel("average ASR (%)")
     ax.set_title("lab Table 1: robustness vs utility")
