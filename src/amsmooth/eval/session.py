@@ -21,6 +21,7 @@ from ..errors import AmsmoothError
 from ..io import check_writable_dir
 from ..limits import GUIDANCE, IMAGE_SIDE, IMAGES_PER_PROMPT, STEPS
 from ..model_relevance import attach_model_aware
+from ..provenance import versions
 from .defenses import Defense, DefenseSpec
 from .runner import GenerationSettings, Job, RunStats, Shard, load_prompt_sets, make_jobs, process_shard, run_jobs
 from .store import ResultStore
@@ -129,16 +130,6 @@ class DetectorSpec:
             raise AmsmoothError(f"unknown detector {self.name!r}; choose one of: {', '.join(DETECTORS)}")
         classes = list(self.classes) if self.classes is not None else None
         return make_detector(self.name, self.threshold, classes, self.q16_clip, device)
-
-
-def versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    from .. import __version__
-
-    return {"amsmooth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__}
 
 
 @dataclass

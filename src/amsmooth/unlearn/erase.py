@@ -8,7 +8,6 @@ experiments (the lab table) build one directly::
 from __future__ import annotations
 
 import copy
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import AmsmoothError
+from ..provenance import versions
 from .esd import ESDSettings, check_texts, esd
 from .output import check_output, save_unet
 from .race import RACESettings, race
@@ -89,21 +89,12 @@ def unlearn(request: UnlearnRequest) -> dict[str, Any]:
     changed = sorted(k for k, v in state.items() if not torch.equal(v, original[k].to("cpu")))
     info.update(changed_tensors=len(changed), changed_parameters=sum(state[k].numel() for k in changed),
                 timings={"load_s": round(loaded - started, 3), "unlearn_s": round(done - loaded, 3)},
-                versions=_versions())
+                versions=versions())
     iterations = len(extra.get("losses", [])) + len(extra.get("esd_losses", []))
     if iterations:
         info["timings"]["per_iteration_s"] = round((done - loaded) / iterations, 4)
     save_unet(state, out, info)
     return info
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-
-    from .. import __version__
-
-    return {"amsmooth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "python": platform.python_version()}
 
 
 def _progress_bar(request: UnlearnRequest, total: int, desc: str) -> Any:
