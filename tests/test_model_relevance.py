@@ -68,3 +68,23 @@ def test_eval_model_aware_on_tiny_records_its_settings_and_refuses_without_ams(t
     err = capsys.readouterr().err
     assert "does not combine with --relevance subspace" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "both").exists()
+
+
+def test_reference_unet_reuses_the_pipeline_or_copies_it_with_the_files_weights(tmp_path) -> None:
+    """'base' without --unet is the pipeline's own U-Net (nothing loaded); a U-Net file is a copy of the pipeline's
+    U-Net with that file's weights (the pipeline's unchanged); 'base' after --unet is the source model's U-Net."""
+    from safetensors.torch import save_file
+
+    from amsmooth.eval.session import ModelSource, reference_unet
+
+    pipe = ModelSource("tiny").load(torch.device("cpu"))
+    assert reference_unet(ModelSource("tiny"), "base", pipe) is pipe.unet
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    other = {k: v + 1.0 for k, v in before.items()}
+    save_file(other, str(tmp_path / "u.safetensors"))
+    ref = reference_unet(ModelSource("tiny"), str(tmp_path / "u.safetensors"), pipe)
+    assert ref is not pipe.unet and all(torch.equal(ref.state_dict()[k], other[k]) for k in other)
+    assert all(torch.equal(pipe.unet.state_dict()[k], before[k]) for k in before)
+    erased = ModelSource("tiny", unet=str(tmp_path / "u.safetensors"))
+    base = reference_unet(erased, "base", erased.load(torch.device("cpu")))
+    assert all(torch.equal(base.state_dict()[k], before[k]) for k in before)

@@ -174,7 +174,7 @@ def prepare(request: RunRequest, command: str, extra: dict[str, Any] | None = No
     pipe = request.model.load(device)
     defense = spec.build(pipe, device)
     if spec.model_aware:
-        attach_model_aware(defense.pipeline, reference_unet(request.model, spec.model_aware, device),
+        attach_model_aware(defense.pipeline, reference_unet(request.model, spec.model_aware, pipe),
                            spec.ams.concepts[0])
     preloaded = preload(device) if preload is not None else None
     store = ResultStore.open(run_dir, config, VOLATILE)
@@ -182,12 +182,23 @@ def prepare(request: RunRequest, command: str, extra: dict[str, Any] | None = No
                device, det, preloaded)
 
 
-def reference_unet(model: ModelSource, reference: str, device: torch.device) -> Any:
-    """The U-Net of model-aware relevance: 'base' is the source model's own (before --unet), else the source
-    model with that U-Net file."""
-    from ..models.load import load_pipeline
+def reference_unet(model: ModelSource, reference: str, pipe: Any) -> Any:
+    """The U-Net of model-aware relevance, on ``pipe``'s device and dtype. 'base': the source model's own U-Net —
+    ``pipe``'s when no --unet replaced it, else the source model's loaded once more (only its U-Net is kept);
+    a U-Net file: a copy of ``pipe``'s U-Net with that file's weights."""
+    import copy
 
-    return load_pipeline(model.model, unet=None if reference == "base" else reference, device=device).unet.eval()
+    if reference == "base" and model.unet is None:
+        return pipe.unet
+    if reference == "base":
+        from ..models.load import load_pipeline
+
+        return load_pipeline(model.model, device=pipe.device, dtype=pipe.unet.dtype).unet.eval()
+    from ..models.weights import load_unet_weights
+
+    unet = copy.deepcopy(pipe.unet)
+    load_unet_weights(unet, reference)
+    return unet.eval()
 
 
 def evaluate(request: RunRequest, detector: DetectorSpec,
