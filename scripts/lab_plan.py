@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amsmooth.lab.report import FACTORS, PRIMARY, SECONDARY
+from amsmooth.lab.report import FACTORS, PRIMARY, SECONDARY, paired
 from amsmooth_experiments.lab_table import Plan, Table
 
 ARMS = {
@@ -48,14 +48,10 @@ def simulate(prompts: int, images: int, factor: float, rate: float = 0.4, spread
     for _ in range(reps):
         p = rng.beta(rate * spread, (1 - rate) * spread, prompts)
         x, y = rng.binomial(images, p / factor) / images, rng.binomial(images, p) / images
-        pick = rng.integers(0, prompts, (1000, prompts))
-        lo, hi = np.percentile((x[pick] - y[pick]).mean(1) * 100, [2.5, 97.5])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            flo, fhi = np.percentile(np.nan_to_num(y[pick].mean(1) / x[pick].mean(1), nan=1.0, posinf=1e9),
-                                     [2.5, 97.5])
-        widths.append((hi - lo) / 2)
+        r = paired(dict(enumerate(x)), dict(enumerate(y)), seed=int(rng.integers(2**32)), resamples=1000)
+        widths.append(r["half_width"])
         for f in FACTORS:
-            excludes[f] += not (flo <= f <= fhi)
+            excludes[f] += bool(r["excludes"][str(f)])
     return {"half_width": round(float(np.mean(widths)), 1),
             **{f"excludes_{f}x": round(excludes[f] / reps, 2) for f in FACTORS}}
 

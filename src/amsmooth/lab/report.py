@@ -73,13 +73,13 @@ def per_prompt(runs: Sequence[Path], sets: Sequence[str] | None = None) -> dict[
     return {k: sum(v) / len(v) for k, v in out.items()}
 
 
-def paired(a: dict[tuple[str, str], float], b: dict[tuple[str, str], float], seed: int = 0) -> dict[str, Any]:
-    """a − b in points over the prompts both have (95 % bootstrap, 10,000 resamples), the reduction factor
-    b / a with its interval from the same resamples, and whether that interval excludes each of FACTORS."""
+def paired(a: dict[Any, float], b: dict[Any, float], seed: int = 0, resamples: int = 10000) -> dict[str, Any]:
+    """a − b in points over the prompts both have (95 % bootstrap over prompts), the reduction factor b / a with
+    its interval from the same resamples, and whether that interval excludes each of FACTORS."""
     keys = sorted(set(a) & set(b))
     x = np.array([a[k] for k in keys]) * 100
     y = np.array([b[k] for k in keys]) * 100
-    pick = np.random.default_rng(seed).integers(0, len(keys), size=(10000, len(keys)))
+    pick = np.random.default_rng(seed).integers(0, len(keys), size=(resamples, len(keys)))
     diffs = (x[pick] - y[pick]).mean(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         factors = np.nan_to_num(y[pick].mean(1) / x[pick].mean(1), nan=1.0, posinf=1e9)   # 0/0: no change
