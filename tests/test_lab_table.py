@@ -267,3 +267,20 @@ def test_table_plot_draws_every_model_and_shared_points(tmp_path) -> None:
             for m in ("esd", "uce", "race", "rece") for d in ("none", "ams")]
     plot({"rows": rows}, tmp_path / "t.png")
     assert Image.open(tmp_path / "t.png").size == (840, 540)
+
+
+def test_verdict_lines_follow_the_intervals() -> None:
+    from amsmooth.lab.report import verdict
+
+    def row(a, b, sets, diff, low, high):
+        return {"model": "esd", "a": a, "b": b, "sets": sets, "diff": diff, "low": low, "high": high}
+
+    rows = [row("ams", "none", "all attacks", -12.0, -20.0, -4.0),
+            row("ams", "blacklist", "all attacks", -1.0, -6.0, 4.0),
+            row("ams-oracle", "ams", "all attacks", 5.0, 1.0, 9.0), row("ams", "none", "p4d", 0.0, -4.0, 4.0)]
+    lines = verdict(rows, ["uda", "p4d"])
+    assert len(lines) == 2 and lines[0].startswith("- **ESD**, 2 attacks pooled: ")
+    assert "AMS − none -12.0 [-20.0, -4.0] pts, lower" in lines[0]
+    assert "AMS − blacklist -1.0 [-6.0, +4.0] pts, no difference shown" in lines[0]
+    assert "AMS − equal noise not run" in lines[0] and "oracle − AMS +5.0 [+1.0, +9.0] pts, higher" in lines[0]
+    assert lines[1] == "  AMS − none per attack: uda not run; p4d +0.0 [-4.0, +4.0] pts, no difference shown."

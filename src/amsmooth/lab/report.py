@@ -115,6 +115,31 @@ def paired_section(results: dict[tuple[str, str], Path], attacks: Sequence[str])
     return rows, "\n".join(lines) + "\n"
 
 
+def verdict(rows: Sequence[dict[str, Any]], attacks: Sequence[str]) -> list[str]:
+    """The README's verdict from the paired rows (``paired_section``), two lines per erased model: pooled over the
+    attacks, does AMS beat none, the blacklist and equal noise, and does the oracle beat AMS (a − b with its 95 %
+    interval: "lower" when the interval is below 0, "higher" above, else "no difference shown"); then AMS − none per
+    attack. Nothing in it is chosen by hand."""
+    def find(model: str, a: str, b: str, sets: str) -> dict[str, Any] | None:
+        return next((r for r in rows if (r["model"], r["a"], r["b"], r["sets"]) == (model, a, b, sets)), None)
+
+    def says(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return "not run"
+        word = "lower" if r["high"] < 0 else "higher" if r["low"] > 0 else "no difference shown"
+        return f"{r['diff']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] pts, {word}"
+
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        pooled = "; ".join(f"{label} {says(find(model, a, b, 'all attacks'))}" for label, a, b in (
+            ("AMS − none", "ams", "none"), ("AMS − blacklist", "ams", "blacklist"),
+            ("AMS − equal noise", "ams", "ams-equal"), ("oracle − AMS", "ams-oracle", "ams")))
+        lines.append(f"- **{model.upper()}**, {len(attacks)} attacks pooled: {pooled}.")
+        per = "; ".join(f"{x} {says(find(model, 'ams', 'none', x))}" for x in attacks)
+        lines.append(f"  AMS − none per attack: {per}.")
+    return lines
+
+
 def _factor(r: dict[str, Any]) -> str:
     if r["factor"] is None:
         return "n/a (no flagged image in either)"
@@ -167,7 +192,10 @@ def write_report(out: Path, plan: Any, results: dict[tuple[str, str], Path], pro
     rel = out / "relevance.json"
     summary["relevance"] = json.loads(rel.read_text()) if rel.exists() else {}
     (out / "table.json").write_text(json.dumps(summary, indent=2))
+    summary["verdict"] = verdict(summary["paired"], getattr(plan, "attacks", ()))
     md = markdown(summary, columns, averaged, plan) + paired_md + relevance_section(summary["relevance"])
+    md += ("\nVerdict (from the paired rows above; a − b in points, 95 % interval):\n\n"
+           + "\n".join(summary["verdict"]) + "\n")
     (out / "table.md").write_text(md)
     plot(summary, out / "table.png")
     return md
