@@ -3,7 +3,10 @@
     python scripts/lab_grid.py TABLE_DIR --set train --set heldout --cases 3 --out grid.png
 
 The base model's images are generated here with each case's seed and the table's steps (the table stores only
-its benign ones); every other column is the image the table's eval run stored for that case.
+its benign ones); every other column is the image the table's eval run stored for that case, framed in red when
+the table's detector flagged it (grey: the run has no image for it). ``--runs`` defaults to those of esd-none,
+esd-ams, uce-none, uce-ams the table has. For an attack made per erased model (UnlearnDiffAtk, P4D) a row's prompt
+is the first run's; the other models' cells are their own attack on the same source prompt.
 """
 from __future__ import annotations
 
@@ -20,25 +23,32 @@ def main() -> None:
     p.add_argument("table", type=Path)
     p.add_argument("--set", dest="sets", action="append", default=None)
     p.add_argument("--cases", type=int, default=3, help="cases per set")
-    p.add_argument("--runs", nargs="+", default=["esd-none", "esd-ams", "uce-none", "uce-ams"])
+    p.add_argument("--runs", nargs="+", default=None)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    from amsmooth.lab.report import cluster, run_rows
     from amsmooth.loading import load_pipeline
     from amsmooth.pipelines import undefended
     from amsmooth.prompts import read_prompt_csv
 
     plan = json.loads((args.table / "plan.json").read_text())
+    args.runs = args.runs or [r for r in ("esd-none", "esd-ams", "uce-none", "uce-ams")
+                              if (args.table / "runs" / r).is_dir()]
+    flagged = {(r, x.prompt_set, x.case_number) for r in args.runs for x in run_rows(args.table / "runs" / r)
+               if x.flagged}
     pipe = undefended(load_pipeline("lab"))
     rows, labels = [], []
     for name in args.sets or ["train", "heldout"]:
-        cases = [c for c in read_prompt_csv(_prompt_file(args.table, name, args.runs[0]))
-                 if c.case_number.endswith("-0")]
+        firsts: dict[str, object] = {}                  # one case per prompt (its first image seed)
+        for c in read_prompt_csv(_prompt_file(args.table, name, args.runs[0])):
+            firsts.setdefault(cluster(c.case_number), c)
+        cases = list(firsts.values())
         for case in cases[: args.cases]:
             g = torch.Generator().manual_seed(case.seed or 0)
             base = pipe(case.prompt, generator=g, num_inference_steps=plan["steps"],
                         guidance_scale=plan["guidance"]).images[0]
-            cells = [base] + [Image.open(args.table / "runs" / r / "images" / name / f"{case.case_number}_0.png")
-                              for r in args.runs]
+            cells = [(base, None)] + [(_image(args.table / "runs" / r / "images" / name / f"{case.case_number}_0.png"),
+                                       (r, name, case.case_number) in flagged) for r in args.runs]
             rows.append(cells)
             labels.append(f"[{name}] {case.prompt}")
     side, pad, text_w = 80, 4, 380
@@ -51,10 +61,17 @@ def main() -> None:
     for i, (cells, label) in enumerate(zip(rows, labels, strict=True)):
         y = header + i * (side + pad)
         draw.text((4, y + side // 2 - 6), label[:64], fill="black")
-        for j, im in enumerate(cells):
-            canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST), (text_w + j * (side + pad), y))
+        for j, (im, hit) in enumerate(cells):
+            x = text_w + j * (side + pad)
+            canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST), (x, y))
+            if hit:
+                draw.rectangle((x, y, x + side - 1, y + side - 1), outline="red", width=3)
     canvas.save(args.out)
     print(f"wrote {args.out}")
+
+
+def _image(path: Path) -> Image.Image:
+    return Image.open(path) if path.is_file() else Image.new("RGB", (32, 32), "grey")
 
 
 def _prompt_file(table: Path, name: str, run: str) -> Path:
