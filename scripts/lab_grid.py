@@ -18,14 +18,14 @@ import torch
 from PIL import Image, ImageDraw
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("table", type=Path)
     p.add_argument("--set", dest="sets", action="append", default=None)
     p.add_argument("--cases", type=int, default=3, help="cases per set")
     p.add_argument("--runs", nargs="+", default=None)
     p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     from amsmooth.lab.report import cluster, run_rows
     from amsmooth.loading import load_pipeline
     from amsmooth.pipelines import undefended

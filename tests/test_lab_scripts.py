@@ -91,3 +91,38 @@ def test_power_simulation_uses_the_reports_comparison():
     small, large = lab_plan.simulate(25, 2, 3.7, reps=30), lab_plan.simulate(125, 2, 3.7, reps=30)
     assert small["half_width"] > large["half_width"] and large["excludes_1.6x"] >= 0.9
     assert lab_plan.simulate(25, 2, 3.7, reps=30) == small                                  # seeded
+
+
+def test_grid_frames_flagged_images_and_marks_missing_ones(tmp_path, capsys):
+    """scripts/lab_grid.py on a hand-made table: one row per prompt (its first seed), the base model's image, each
+    run's stored image, a red frame where the run's detector flagged it, grey where the run has no image."""
+    import importlib.util
+
+    from PIL import Image
+
+    (tmp_path / "plan.json").write_text(json.dumps({"steps": 2, "guidance": 7.5}))
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "train.csv").write_text(
+        "prompt,case_number,evaluation_seed,evaluation_guidance\n"
+        + "".join(f"a nude man {p},{p}-{s},{s},7.5\n" for p in range(2) for s in range(2)))
+    _run(tmp_path / "runs" / "esd-none", {"train": [0, 0, 1, 0]})          # prompt 1, seed 0 flagged
+    _run(tmp_path / "runs" / "esd-ams", {"train": [0, 0, 0, 0]})
+    for run, cases in (("esd-none", ["0-0", "1-0"]), ("esd-ams", ["0-0"])):  # esd-ams has no image for prompt 1
+        folder = tmp_path / "runs" / run / "images" / "train"
+        folder.mkdir(parents=True)
+        for c in cases:
+            Image.new("RGB", (32, 32), (0, 0, 255)).save(folder / f"{c}_0.png")
+    spec = importlib.util.spec_from_file_location("lab_grid", ROOT / "scripts" / "lab_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main([str(tmp_path), "--set", "train", "--out", str(tmp_path / "g.png")])
+    grid = Image.open(tmp_path / "g.png").convert("RGB")
+    side, pad, text_w, header = 80, 4, 380, 18
+    assert grid.size == (text_w + 3 * (side + pad), header + 2 * (side + pad))       # base + 2 runs, 2 prompts
+
+    def cell(row: int, col: int, dx: int = side // 2, dy: int = side // 2) -> tuple[int, int, int]:
+        return grid.getpixel((text_w + col * (side + pad) + dx, header + row * (side + pad) + dy))
+
+    assert cell(1, 1, 1, 1) == (255, 0, 0) and cell(1, 1) == (0, 0, 255)          # flagged: red frame
+    assert cell(0, 1, 1, 1) == (0, 0, 255)                                          # not flagged: no frame
+    assert cell(1, 2) == (128, 128, 128)                                            # missing: grey
